@@ -1,0 +1,172 @@
+"""Everything before and around training processes, as one command line:
+
+    python -m launch prepare --config R [key=value ...]        prepare + cache the dataset, write data_report.*
+    python -m launch eval --config R [--adapter DIR | --model DIR] [--base] [--limit N] [key=value ...]
+                                                               base vs fine-tuned on the held-out split
+
+This side never joins a process group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+def _load(args):
+    from train.config import load_config
+    from train.data.templates import setup_tokenizer
+    from train.model import load_tokenizer
+
+    cfg = load_config(args.config, args.overrides)
+    tokenizer = load_tokenizer(cfg)
+    changes = setup_tokenizer(tokenizer, cfg.data)
+    return cfg, tokenizer, changes
+
+
+def cmd_prepare(args) -> int:
+    from train.data.prepare import load_or_build, write_reports
+
+    cfg, tokenizer, changes = _load(args)
+    started = time.time()
+    data = load_or_build(cfg, tokenizer, is_main=True)
+    paths = write_reports(data, Path(cfg.output_dir))
+    r = data.report
+    print(f"prepared in {time.time() - started:.1f}s → {data.path}")
+    print(f"  template {changes.get('template')}, pad {changes.get('pad_token')!r}, added tokens {changes.get('added_tokens', 0)}")
+    print(f"  conversations: {r['split']['train_conversations']} train, {r['split']['eval_conversations']} eval; "
+          f"rejected {r['rejected'].get('total', 0)}; duplicates removed {r['duplicates_removed']}")
+    print(f"  rows: {len(data.train)} train" + (f", {len(data.eval)} eval" if data.eval is not None else "")
+          + f"; packing efficiency {r['train']['packing'].get('efficiency', 0):.4f}")
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from train import evaluate as ev
+    from train.data.packing import Collator
+    from train.data.prepare import load_or_build
+    from train.data.templates import generation_prompt
+    from train.model import load_base_model, resize_for_tokenizer
+
+    cfg, tokenizer, _ = _load(args)
+    data = load_or_build(cfg, tokenizer, is_main=True)
+    conv_file = data.path / "eval_conversations.jsonl"
+    if data.eval is None or not conv_file.exists():
+        print("error: no held-out split: set data.validation_split > 0 or data.eval_sources", file=sys.stderr)
+        return EXIT_USER_ERROR
+    conversations = [json.loads(line)["messages"] for line in conv_file.read_text(encoding="utf-8").splitlines()]
+    if args.limit:
+        conversations = conversations[: args.limit]
+    prompts, references = [], []
+    for messages in conversations:
+        prompt_messages, reference = ev.split_prompt(messages)
+        prompts.append(generation_prompt(tokenizer, prompt_messages, cfg.data))
+        references.append(reference)
+
+    torch.manual_seed(cfg.train.seed)
+    collator = Collator(pad_token_id=tokenizer.pad_token_id, packing=cfg.data.packing)
+    rows = data.eval if not args.limit else data.eval.select(range(min(len(data.eval), args.limit)))
+
+    def score(model, label: str):
+        t0 = time.time()
+        preds = ev.generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        per_sample = [ev.score_sample(p, r) for p, r in zip(preds, references)]
+        metrics = ev.aggregate(per_sample)
+        metrics["eval_loss"] = ev.mean_token_loss(model, rows, collator)
+        print(f"  {label}: {len(preds)} samples in {time.time() - t0:.1f}s", flush=True)
+        return metrics, preds, per_sample
+
+    def load(name_or_path: str):
+        cfg.model.name_or_path = name_or_path
+        model = load_base_model(cfg)
+        resize_for_tokenizer(model, tokenizer)
+        return model
+
+    base_path = cfg.model.name_or_path
+    runs = []  # (label, model, context manager factory)
+    adapter = Path(args.adapter or cfg.output_dir)
+    if args.model or cfg.method == "full":
+        tuned_path = args.model or cfg.output_dir
+        if not (Path(tuned_path) / "config.json").exists():
+            print(f"error: no model in {tuned_path} (config.json missing). Train first, or pass --model DIR",
+                  file=sys.stderr)
+            return EXIT_USER_ERROR
+        if args.base:
+            runs.append(("base", lambda: load(base_path)))
+        runs.append(("fine-tuned", lambda: load(tuned_path)))
+    else:
+        if not (adapter / "adapter_config.json").exists():
+            print(f"error: no LoRA adapter in {adapter} (adapter_config.json missing). Train first, or pass "
+                  f"--adapter DIR", file=sys.stderr)
+            return EXIT_USER_ERROR
+        from peft import PeftModel
+
+        peft_model = PeftModel.from_pretrained(load(base_path), str(adapter))
+        if args.base:
+            runs.append(("base", lambda: peft_model))  # scored with the adapter disabled
+        runs.append(("fine-tuned", lambda: peft_model))
+
+    results, predictions = {}, [{"reference": r} for r in references]
+    for label, get_model in runs:
+        model = get_model()
+        if label == "base" and hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                results[label], preds, scores = score(model, label)
+        else:
+            results[label], preds, scores = score(model, label)
+        for p, pred, s in zip(predictions, preds, scores):
+            p.update({label: pred, f"{label}_scores": s})
+        del model
+
+    meta = {"model": base_path, "adapter": None if (args.model or cfg.method == "full") else str(adapter),
+            "samples": len(prompts), "template": cfg.data.template}
+    paths = ev.write_eval_report(Path(cfg.output_dir) / "eval", results, predictions, meta)
+    print()
+    print(ev.comparison_table(results))
+    print(f"\nreport: {paths['md']}  predictions: {paths['predictions']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="prepare and cache the dataset, write data_report.{json,md,png}")
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_prepare)
+
+    e = sub.add_parser("eval", help="generate on the held-out split; compare base and fine-tuned")
+    e.add_argument("--config", required=True)
+    e.add_argument("--adapter", help="LoRA adapter folder (default: the recipe's output_dir)")
+    e.add_argument("--model", help="a full model folder to evaluate instead of base + adapter")
+    e.add_argument("--base", action="store_true", help="also evaluate the base model (adapter disabled)")
+    e.add_argument("--limit", type=int, default=0, help="evaluate the first N held-out samples only")
+    e.add_argument("--max-new-tokens", type=int, default=128)
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("overrides", nargs="*")
+    e.set_defaults(func=cmd_eval)
+
+    args = parser.parse_args(argv)
+    from train.config import ConfigError
+    from train.data.quality import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

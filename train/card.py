@@ -1,0 +1,78 @@
+"""The model card: a README.md in the output folder saying what was trained, on what data, how, and how it went."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+
+from train.config import Config, redact, to_dict
+
+
+def write_model_card(cfg: Config, out_dir: Path, report: Dict[str, Any], metrics: Dict[str, Any],
+                     tokenizer_changes: Optional[Dict[str, Any]] = None, command: Optional[List[str]] = None) -> Path:
+    out_dir = Path(out_dir)
+    recipe_yaml = OmegaConf.to_yaml(OmegaConf.create(redact(to_dict(cfg))))
+    kind = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit base + LoRA)"}[cfg.method]
+    packing = (report.get("train") or {}).get("packing") or {}
+    lengths = report.get("token_lengths") or {}
+    rejected = (report.get("rejected") or {}).get("by_reason") or {}
+    loading = (
+        f"from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained(\"{out_dir}\")"
+        if cfg.method != "full" else
+        f"from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out_dir}\")"
+    )
+    lines = [
+        "---",
+        f"base_model: {cfg.model.name_or_path}",
+        "library_name: " + ("peft" if cfg.method != "full" else "transformers"),
+        "tags: [sft, " + cfg.method + "]",
+        "---",
+        f"# {out_dir.name}",
+        "",
+        f"{kind} of `{cfg.model.name_or_path}`.",
+        "",
+        "## Training",
+        f"- method: {cfg.method}" + (f" (r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, "
+                                     f"targets={list(cfg.lora.target_modules)})" if cfg.method != "full" else ""),
+        f"- steps: {metrics.get('steps')}, world size: {metrics.get('world_size')}, "
+        f"runtime: {metrics.get('train_runtime_s')} s",
+        f"- final train loss: {metrics.get('train_loss'):.4f}" if metrics.get("train_loss") is not None else "",
+        f"- eval loss: {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "",
+        f"- trainable parameters: {metrics.get('trainable_parameters'):,} of {metrics.get('total_parameters'):,}",
+        f"- chat template: {(tokenizer_changes or {}).get('template', cfg.data.template)}, "
+        f"loss on: {cfg.data.train_on} turns",
+        "",
+        "## Data",
+        *[f"- `{s['path']}` ({s['format']}, weight {s['weight']}): {s['records']} records" for s in report.get("sources", [])],
+        f"- conversations: {report.get('split', {}).get('train_conversations')} train, "
+        f"{report.get('split', {}).get('eval_conversations')} eval",
+        f"- duplicates removed: {report.get('duplicates_removed')}",
+        f"- rejected records by reason: {json.dumps(rejected, ensure_ascii=False) if rejected else 'none'}",
+        f"- token length p50/p95/max: {lengths.get('p50')}/{lengths.get('p95')}/{lengths.get('max')} "
+        f"(max_length {report.get('max_length')})",
+        f"- packing: {'on' if cfg.data.packing else 'off'}, efficiency {packing.get('efficiency', 0):.3f}",
+        "",
+        "## Use",
+        "```python",
+        loading,
+        "```",
+        "",
+        "## Reproduce",
+        "```bash",
+        "python " + " ".join(shlex.quote(a) for a in redact(command or ["train/sft.py", "--config", "<recipe>"])),
+        "```",
+        "",
+        "## Recipe (resolved, secrets redacted)",
+        "```yaml",
+        recipe_yaml.rstrip(),
+        "```",
+        "",
+        "Files: `run_config.yaml`, `metrics.jsonl`, `loss_curve.png`, `data_report.md`.",
+    ]
+    path = out_dir / "README.md"
+    path.write_text("\n".join(line for line in lines if line is not None) + "\n", encoding="utf-8")
+    return path

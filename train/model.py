@@ -1,0 +1,119 @@
+"""The model side of a run: tokenizer, base model (full precision or 4-bit), LoRA adapters, added tokens, saving, merging.
+
+Weights load from safetensors only. `trust_remote_code` stays off unless the recipe turns it on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+from train.config import Config, resolved_quant_storage
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(cfg: Config):
+    name = cfg.model.tokenizer_name_or_path or cfg.model.name_or_path
+    return AutoTokenizer.from_pretrained(name, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def quantization_config(cfg: Config) -> Optional[BitsAndBytesConfig]:
+    if cfg.method != "qlora":
+        return None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.qlora.quant_type,
+        bnb_4bit_use_double_quant=cfg.qlora.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[cfg.qlora.compute_dtype],
+        bnb_4bit_quant_storage=DTYPES.get(resolved_quant_storage(cfg), torch.uint8),
+    )
+
+
+def load_base_model(cfg: Config, device_map=None) -> PreTrainedModel:
+    quant = quantization_config(cfg)
+    if quant is not None and device_map is None:
+        # bitsandbytes quantises while loading onto the device; one device per process (DDP) or the CPU.
+        device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
+    return AutoModelForCausalLM.from_pretrained(
+        cfg.model.name_or_path,
+        revision=cfg.model.revision,
+        dtype=DTYPES[cfg.model.dtype],
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+        use_safetensors=True,
+        quantization_config=quant,
+        device_map=device_map,
+    )
+
+
+def resize_for_tokenizer(model: PreTrainedModel, tokenizer) -> int:
+    """Grow the embeddings for added tokens; new rows start at the mean of the old ones. Returns rows added."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old:
+        return 0
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return len(tokenizer) - old
+
+
+def apply_lora(model: PreTrainedModel, cfg: Config) -> PreTrainedModel:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = cfg.lora.target_modules
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets),
+        bias=cfg.lora.bias,
+        modules_to_save=list(cfg.lora.modules_to_save) or None,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    if cfg.train.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def load_model(cfg: Config, tokenizer) -> PreTrainedModel:
+    """Base model + added tokens + (for lora/qlora) adapters, ready for the Trainer."""
+    model = load_base_model(cfg)
+    resize_for_tokenizer(model, tokenizer)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.use_cache = False  # no KV cache while training; generation turns it back on
+    if cfg.method in ("lora", "qlora"):
+        model = apply_lora(model, cfg)
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def merge_adapter(base_name_or_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
+                  trust_remote_code: bool = False) -> Path:
+    """Load the base model in 16/32-bit, apply the adapter, merge it into the weights, save safetensors."""
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(base_name_or_path, dtype=DTYPES[dtype], use_safetensors=True,
+                                                trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    resize_for_tokenizer(base, tokenizer)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    out_dir = Path(out_dir)
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

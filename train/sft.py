@@ -1,0 +1,176 @@
+"""Supervised fine-tuning, top to bottom: config → data → model → trainer → save → model card.
+
+One process:      python train/sft.py --config configs/recipes/demo_cpu.yaml [key=value ...]
+Several (GPUs):   accelerate launch --config_file configs/accelerate/<x>.yaml train/sft.py --config <recipe> [key=value ...]
+
+Every mistake a user can make in the recipe or the data is reported before a model is loaded, as one message that
+names the key, file or line and how to fix it (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `train` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+EXIT_USER_ERROR = 2
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="recipe YAML, e.g. configs/recipes/demo_cpu.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10 lora.r=8")
+    return parser.parse_args(argv)
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) as set by accelerate launch / torchrun, before any process group exists."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def setup_tracking(cfg) -> None:
+    """W&B through the Trainer's integration; the run id is kept in output_dir so a resumed run continues it."""
+    if cfg.tracking.wandb_mode == "disabled":
+        os.environ["WANDB_DISABLED"] = "true"
+        return
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    id_file = out / "wandb_run_id.txt"
+    if not id_file.exists():
+        import wandb.util
+
+        id_file.write_text(wandb.util.generate_id())
+    os.environ.update({"WANDB_MODE": cfg.tracking.wandb_mode, "WANDB_PROJECT": cfg.tracking.project,
+                       "WANDB_DIR": str(out), "WANDB_RUN_ID": id_file.read_text().strip(), "WANDB_RESUME": "allow"})
+    if cfg.tracking.entity:
+        os.environ["WANDB_ENTITY"] = cfg.tracking.entity
+    if cfg.tracking.run_name:
+        os.environ["WANDB_NAME"] = cfg.tracking.run_name
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # 1. Config: recipe + overrides, validated before anything heavy is imported or loaded.
+    from train.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    train_sft(cfg, command=["train/sft.py", "--config", args.config, *args.overrides])
+    return 0
+
+
+def train_sft(cfg, command=None):
+    """Run steps 2-6 for a loaded config; returns (trainer, tokenizer, prepared data, metrics)."""
+    from train.config import save_config
+
+    rank, local_rank, world_size = distributed_env()
+    is_main = rank == 0
+    out = Path(cfg.output_dir)
+    if is_main:
+        save_config(cfg, out / "run_config.yaml")
+    print(f"[rank {rank}/{world_size} local {local_rank}] method={cfg.method} model={cfg.model.name_or_path} "
+          f"output_dir={out}", flush=True)
+
+    import transformers
+
+    from train.data.packing import Collator
+    from train.data.prepare import load_or_build, write_reports
+    from train.data.templates import setup_tokenizer
+    from train.model import count_parameters, load_model, load_tokenizer
+    from train.trainer import MetricsFileCallback, SFTTrainer, resume_checkpoint, training_arguments
+
+    transformers.set_seed(cfg.train.seed)
+
+    # 2. Data: tokenizer + template, then the prepared (cached) dataset. Rank 0 builds it; the others wait on files.
+    tokenizer = load_tokenizer(cfg)
+    tokenizer_changes = setup_tokenizer(tokenizer, cfg.data)
+    data = load_or_build(cfg, tokenizer, is_main=is_main)
+    if is_main:
+        write_reports(data, out)
+        packing = data.report["train"]["packing"]
+        print(f"data: {len(data.train)} training rows from {data.report['split']['train_conversations']} conversations, "
+              f"packing efficiency {packing.get('efficiency', 0):.3f}, cache {data.path}", flush=True)
+
+    # 3. Model: full weights, or LoRA adapters on a 16/32-bit or 4-bit base.
+    resume_from = resume_checkpoint(cfg)
+    setup_tracking(cfg)
+    model = load_model(cfg, tokenizer)
+    trainable, total = count_parameters(model)
+    print(f"[rank {rank}] parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
+          flush=True)
+
+    # 4. Trainer: the HF loop with our collator (packed rows, position_ids restart per sample) and token accounting.
+    args_tr = training_arguments(cfg)
+    trainer = SFTTrainer(
+        model=model,
+        args=args_tr,
+        train_dataset=data.train,
+        eval_dataset=data.eval if cfg.train.eval_steps else None,
+        data_collator=Collator(pad_token_id=tokenizer.pad_token_id, packing=cfg.data.packing),
+        processing_class=tokenizer,
+        callbacks=[MetricsFileCallback(cfg.output_dir)],
+        pad_token_id=tokenizer.pad_token_id,
+        max_length=cfg.data.max_length,
+    )
+    print(f"[rank {rank}] world_size={args_tr.world_size} process_index={args_tr.process_index} "
+          f"device={args_tr.device} strategy={_strategy(trainer)}", flush=True)
+    if is_main and data.report["train"].get("packing"):
+        trainer.log({"packing_efficiency": data.report["train"]["packing"].get("efficiency", 0.0)})
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+
+    # 5. Save: adapter or full weights (safetensors; ZeRO-3 weights gathered by the Trainer), tokenizer, optional merge.
+    trainer.save_model(cfg.output_dir)
+    if is_main:
+        tokenizer.save_pretrained(cfg.output_dir)
+        metrics = {"train_loss": result.training_loss, "steps": result.global_step,
+                   "train_runtime_s": round(time.time() - started, 1), "world_size": args_tr.world_size,
+                   "trainable_parameters": trainable, "total_parameters": total}
+        if data.eval is not None and cfg.train.eval_steps:
+            metrics.update(trainer.evaluate())
+        (out / "train_results.json").write_text(json.dumps(metrics, indent=2))
+        if cfg.save.merged and cfg.method in ("lora", "qlora"):
+            from train.model import merge_adapter
+
+            merge_adapter(cfg.model.name_or_path, out, out / "merged", dtype=cfg.model.dtype,
+                          trust_remote_code=cfg.model.trust_remote_code)
+
+        # 6. Model card: what was trained on what, how, and how it went.
+        from train.card import write_model_card
+
+        write_model_card(cfg, out, data.report, metrics, tokenizer_changes, command=command)
+        print(f"saved to {out} (final train loss {result.training_loss:.4f})", flush=True)
+    return trainer, tokenizer, data, result
+
+
+def _strategy(trainer) -> str:
+    acc = trainer.accelerator
+    if getattr(acc.state, "deepspeed_plugin", None) is not None:
+        return f"deepspeed-zero{acc.state.deepspeed_plugin.zero_stage}"
+    if getattr(acc.state, "fsdp_plugin", None) is not None:
+        return "fsdp"
+    return str(acc.distributed_type).split(".")[-1].lower()
+
+
+def run(argv=None) -> int:
+    """main() with user errors turned into one readable message and exit code 2, never a bare traceback."""
+    from train.config import ConfigError
+
+    try:
+        from train.data.quality import DataError
+    except ImportError:  # keep config errors readable even if the data package is broken
+        DataError = ConfigError
+    try:
+        return main(argv)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(run())
