@@ -39,10 +39,11 @@ def cmd_prepare(args) -> int:
     r = data.report
     print(f"prepared in {time.time() - started:.1f}s → {data.path}")
     print(f"  template {changes.get('template')}, pad {changes.get('pad_token')!r}, added tokens {changes.get('added_tokens', 0)}")
-    print(f"  conversations: {r['split']['train_conversations']} train, {r['split']['eval_conversations']} eval; "
-          f"rejected {r['rejected'].get('total', 0)}; duplicates removed {r['duplicates_removed']}")
+    print(f"  conversations: {r['split']['train']} train, {r['split']['eval']} eval; "
+          f"rejected {r['rejects'].get('total', 0)}; duplicates removed: {r['duplicates']['exact_removed']} exact, "
+          f"{r['duplicates']['near_removed']} near")
     print(f"  rows: {len(data.train)} train" + (f", {len(data.eval)} eval" if data.eval is not None else "")
-          + f"; packing efficiency {r['train']['packing'].get('efficiency', 0):.4f}")
+          + f"; packing efficiency {r['packing'].get('packing_efficiency', 0):.4f}")
     for name, path in paths.items():
         print(f"  {name}: {path}")
     return 0

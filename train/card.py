@@ -17,9 +17,9 @@ def write_model_card(cfg: Config, out_dir: Path, report: Dict[str, Any], metrics
     out_dir = Path(out_dir)
     recipe_yaml = OmegaConf.to_yaml(OmegaConf.create(redact(to_dict(cfg))))
     kind = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit base + LoRA)"}[cfg.method]
-    packing = (report.get("train") or {}).get("packing") or {}
+    packing = report.get("packing") or {}
     lengths = report.get("token_lengths") or {}
-    rejected = (report.get("rejected") or {}).get("by_reason") or {}
+    rejected = (report.get("rejects") or {}).get("by_reason") or {}
     loading = (
         f"from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained(\"{out_dir}\")"
         if cfg.method != "full" else
@@ -48,13 +48,13 @@ def write_model_card(cfg: Config, out_dir: Path, report: Dict[str, Any], metrics
         "",
         "## Data",
         *[f"- `{s['path']}` ({s['format']}, weight {s['weight']}): {s['records']} records" for s in report.get("sources", [])],
-        f"- conversations: {report.get('split', {}).get('train_conversations')} train, "
-        f"{report.get('split', {}).get('eval_conversations')} eval",
-        f"- duplicates removed: {report.get('duplicates_removed')}",
+        f"- conversations: {report.get('split', {}).get('train')} train, {report.get('split', {}).get('eval')} eval",
+        f"- duplicates removed: {(report.get('duplicates') or {}).get('exact_removed', 0)} exact, "
+        f"{(report.get('duplicates') or {}).get('near_removed', 0)} near",
         f"- rejected records by reason: {json.dumps(rejected, ensure_ascii=False) if rejected else 'none'}",
         f"- token length p50/p95/max: {lengths.get('p50')}/{lengths.get('p95')}/{lengths.get('max')} "
         f"(max_length {report.get('max_length')})",
-        f"- packing: {'on' if cfg.data.packing else 'off'}, efficiency {packing.get('efficiency', 0):.3f}",
+        f"- packing: {'on' if cfg.data.packing else 'off'}, efficiency {packing.get('packing_efficiency', 0):.3f}",
         "",
         "## Use",
         "```python",

@@ -92,9 +92,9 @@ def train_sft(cfg, command=None):
     data = load_or_build(cfg, tokenizer, is_main=is_main)
     if is_main:
         write_reports(data, out)
-        packing = data.report["train"]["packing"]
-        print(f"data: {len(data.train)} training rows from {data.report['split']['train_conversations']} conversations, "
-              f"packing efficiency {packing.get('efficiency', 0):.3f}, cache {data.path}", flush=True)
+        packing = data.report["packing"]
+        print(f"data: {len(data.train)} training rows from {data.report['split']['train']} conversations, "
+              f"packing efficiency {packing.get('packing_efficiency', 0):.3f}, cache {data.path}", flush=True)
 
     # 3. Model: full weights, or LoRA adapters on a 16/32-bit or 4-bit base.
     resume_from = resume_checkpoint(cfg)
@@ -115,12 +115,10 @@ def train_sft(cfg, command=None):
         processing_class=tokenizer,
         callbacks=[MetricsFileCallback(cfg.output_dir)],
         pad_token_id=tokenizer.pad_token_id,
-        max_length=cfg.data.max_length,
+        data_stats={"packing_efficiency": data.report["packing"].get("packing_efficiency", 0.0)},
     )
     print(f"[rank {rank}] world_size={args_tr.world_size} process_index={args_tr.process_index} "
           f"device={args_tr.device} strategy={_strategy(trainer)}", flush=True)
-    if is_main and data.report["train"].get("packing"):
-        trainer.log({"packing_efficiency": data.report["train"]["packing"].get("efficiency", 0.0)})
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume_from)
 

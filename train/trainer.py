@@ -43,8 +43,8 @@ def training_arguments(cfg: Config) -> TrainingArguments:
         per_device_train_batch_size=t.per_device_batch_size,
         per_device_eval_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         optim=t.optim,
         logging_steps=t.logging_steps,
         logging_first_step=True,
@@ -58,7 +58,7 @@ def training_arguments(cfg: Config) -> TrainingArguments:
         bf16=cuda and cfg.model.dtype == "bfloat16",
         fp16=cuda and cfg.model.dtype == "float16",
         use_cpu=not cuda,
-        ddp_backend=None if cuda else "gloo",
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
         ddp_timeout=t.ddp_timeout_s,
         ddp_find_unused_parameters=False,
         report_to=report_to,
@@ -73,10 +73,10 @@ def training_arguments(cfg: Config) -> TrainingArguments:
 class SFTTrainer(Trainer):
     """The HF Trainer plus token accounting: real tokens and label tokens per second, packing efficiency."""
 
-    def __init__(self, *args, pad_token_id: int, max_length: int, **kwargs):
+    def __init__(self, *args, pad_token_id: int, data_stats: Optional[Dict[str, float]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.pad_token_id = pad_token_id
-        self.max_length = max_length
+        self.data_stats = data_stats or {}  # e.g. packing_efficiency of the prepared rows, logged with every loss
         self._tokens = 0
         self._label_tokens = 0
         self._slots = 0
@@ -98,6 +98,7 @@ class SFTTrainer(Trainer):
             logs["tokens_per_s"] = round(self._tokens * world / elapsed, 2)  # all ranks together
             logs["label_tokens_per_s"] = round(self._label_tokens * world / elapsed, 2)
             logs["padding_fraction"] = round(1 - self._tokens / self._slots, 4)
+            logs.update(self.data_stats)
             self._tokens = self._label_tokens = self._slots = 0
             self._window_start = time.perf_counter()
         super().log(logs, start_time)

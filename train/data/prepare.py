@@ -25,7 +25,8 @@ from train.config import Config, DataConfig, DataSource, to_dict
 from train.data.formats import RecordError, to_messages
 from train.data.labels import tokenize_conversation
 from train.data.packing import handle_overlong, pack_bfd, packed_rows, packing_stats
-from train.data.quality import DataError, Rejects, exact_duplicates, length_percentiles, near_duplicates, split_train_eval
+from train.data.quality import (DataError, Rejects, exact_duplicates, length_percentiles, near_duplicates,
+                                 raise_or_count, split_train_eval)
 from train.data.report import write_report
 from train.data.sources import iter_raw_records, mix_indices, resolve_files
 
@@ -97,13 +98,9 @@ def _conversations(sources: List[DataSource], data: DataConfig, seed: int, rejec
             try:
                 messages = to_messages(raw.data, source, data, seed=seed)
             except RecordError as e:
-                where = f"{raw.file}:{raw.line}"
-                if data.on_error == "raise":
-                    raise DataError(f"{where}: {e}. Fix the record, or set data.on_error=skip to skip and count such "
-                                    f"records") from None
-                rejects.add(e.reason, raw.file, raw.line, str(e))
+                raise_or_count(e, raw.file, raw.line, data.on_error, rejects, unit=raw.unit)
                 continue
-            yield {"messages": messages, "source": index, "file": raw.file, "line": raw.line}
+            yield {"messages": messages, "source": index, "file": raw.file, "line": raw.line, "unit": raw.unit}
 
 
 def _key(messages: List[Dict[str, str]]) -> str:
@@ -119,6 +116,7 @@ def _read_all(sources: List[DataSource], data: DataConfig, seed: int, rejects: R
     features = datasets.Features({
         "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
         "source": datasets.Value("int32"), "file": datasets.Value("string"), "line": datasets.Value("int64"),
+        "unit": datasets.Value("string"),
     })
     try:
         return datasets.Dataset.from_generator(gen, features=features, cache_dir=str(workdir / "hf"),
@@ -144,10 +142,9 @@ def _tokenize(dataset: datasets.Dataset, tokenizer, data: DataConfig, rejects: R
     errors = [i for i, e in enumerate(tokenized["error"]) if e]
     for i in errors:
         row = tokenized[i]
-        message = f"{row['file']}:{row['line']}: {row['error']}"
-        if data.on_error == "raise":
-            raise DataError(f"{message}. Fix the record, or set data.on_error=skip to skip and count such records")
-        rejects.add("no_trainable_tokens", row["file"], row["line"], row["error"])
+        err = RecordError("no_trainable_tokens", row["error"], field="messages",
+                          hint="Check the conversation has a non-empty assistant turn, or set data.on_error=skip")
+        raise_or_count(err, row["file"], row["line"], data.on_error, rejects, unit=row["unit"])
     if errors:
         keep = sorted(set(range(len(tokenized))) - set(errors))
         tokenized = tokenized.select(keep)
@@ -187,8 +184,9 @@ def build(cfg: Config, tokenizer, out: Path) -> Dict[str, Any]:
     for s in conversations["source"]:
         per_source[s] += 1
     if len(conversations) == 0:
-        raise DataError(f"no usable records in data.sources ({', '.join(s.path for s in cfg.data.sources)}); "
-                        f"rejected: {rejects.by_reason() or 'none'}")
+        raise DataError("no_records", f"no usable records in data.sources ({', '.join(s.path for s in cfg.data.sources)}); "
+                        f"rejected by reason: {rejects.by_reason() or 'none'}",
+                        "Check the paths and formats, or run `python -m launch prepare` and read data_report.md")
 
     keys = [_key(m) for m in conversations["messages"]]
     dups = exact_duplicates(keys)
@@ -226,7 +224,8 @@ def build(cfg: Config, tokenizer, out: Path) -> Dict[str, Any]:
 
     train_tok = _tokenize(train_conv, tokenizer, data, rejects)
     if len(train_tok) == 0:
-        raise DataError(f"every training record was rejected: {rejects.by_reason()}")
+        raise DataError("no_records", f"every training record was rejected: {rejects.by_reason()}",
+                        "Read data_report.md for examples of each reason")
     lengths = [len(x) for x in train_tok["input_ids"]]
     train_rows, train_counts = _rows(train_tok, data, seed, workdir, "train")
     eval_rows, eval_counts = None, None
@@ -240,17 +239,21 @@ def build(cfg: Config, tokenizer, out: Path) -> Dict[str, Any]:
     if eval_rows is not None:
         eval_rows.save_to_disk(str(out / "eval"))
 
+    token_lengths = length_percentiles(lengths)
+    token_lengths.update(max_length=data.max_length, over_max_length=sum(1 for n in lengths if n > data.max_length))
     report = {
         "sources": [{"path": s.path, "format": s.format, "weight": s.weight, "records": per_source[i]}
                     for i, s in enumerate(cfg.data.sources)],
-        "rejected": rejects.to_dict(),
-        "duplicates_removed": {"exact": n_exact, "near": n_near},
-        "split": {"train_conversations": len(train_conv), "eval_conversations": len(eval_conv) if eval_conv else 0},
-        "token_lengths": length_percentiles(lengths),
+        "rejects": rejects.to_dict(),
+        "duplicates": {"mode": data.dedup, "exact_removed": n_exact, "near_removed": n_near,
+                       **({"threshold": data.near_dup_threshold} if data.dedup == "near" else {})},
+        "overlong": {"mode": data.overlong, **train_counts["overlong"]},
+        "split": {"train": len(train_conv), "eval": len(eval_conv) if eval_conv is not None else 0,
+                  "eval_from": "data.eval_sources" if data.eval_sources else f"validation_split {data.validation_split}"},
+        "token_lengths": token_lengths,
+        "packing": {"enabled": data.packing, **train_counts["packing"]},
+        "eval_packing": eval_counts["packing"] if eval_counts else None,
         "max_length": data.max_length,
-        "train": train_counts,
-        "eval": eval_counts,
-        "template": getattr(tokenizer, "_sft_template_name", data.template),
         "seconds": round(time.time() - t0, 2),
     }
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -279,8 +282,8 @@ def load_or_build(cfg: Config, tokenizer, is_main: bool = True, wait_timeout_s: 
             start = time.time()
             while not (path / COMPLETE).exists():
                 if time.time() - start > wait_timeout_s:
-                    raise DataError(f"waited {wait_timeout_s:.0f}s for rank 0 to prepare {path}; run "
-                                    f"`python -m launch prepare --config <recipe>` before launching")
+                    raise DataError("cache_timeout", f"waited {wait_timeout_s:.0f}s for rank 0 to prepare {path}",
+                                    "Run `python -m launch prepare --config <recipe>` before launching")
                 time.sleep(2)
     report = json.loads((path / "report.json").read_text(encoding="utf-8"))
     train = datasets.load_from_disk(str(path / "train"))

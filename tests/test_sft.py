@@ -1,0 +1,181 @@
+"""Real training runs of train/sft.py on a tiny model built in code: one process, two processes (DDP over gloo),
+full / LoRA / QLoRA, adapters that reload and merge to the trained model's logits, W&B offline, user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.tiny_model import build_tiny_model_dir
+from train.config import load_config
+from train.trainer import read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+CONVERSATIONS = [
+    ("다음 문장에서 의약품 키워드를 추출하세요.\n\n진통과 해열 효과가 있는 파스형 의약품입니다.", '["진통", "해열", "파스"]'),
+    ("한국의 수도는 어디인가요?", "한국의 수도는 서울입니다."),
+    ("삼성전자가 새 반도체 공장을 짓습니다. 관련 종목은?", '{"is_stock_related": true, "positive_impact_stocks": ["삼성전자"]}'),
+    ("The cat is on the mat. Repeat it.", "The cat is on the mat."),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture()
+def recipe(tmp_path, tiny_model):
+    """A recipe on the tiny model and 32 short Korean/English conversations (distinct, so dedup keeps them all)."""
+    data = tmp_path / "train.jsonl"
+    with open(data, "w", encoding="utf-8") as f:
+        for i in range(32):
+            user, answer = CONVERSATIONS[i % len(CONVERSATIONS)]
+            messages = [{"role": "system", "content": f"당신은 도우미 {i}번입니다."},
+                        {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    cfg = {
+        "model": {"name_or_path": str(tiny_model), "dtype": "float32"},
+        "method": "lora",
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "data": {"sources": [{"path": str(data), "format": "messages"}], "max_length": 128, "validation_split": 0.0,
+                 "cache_dir": str(tmp_path / "cache")},
+        "train": {"max_steps": 4, "learning_rate": 5e-3, "per_device_batch_size": 2, "logging_steps": 1,
+                  "save_steps": 100, "warmup_ratio": 0.0, "lr_scheduler": "constant"},
+        "output_dir": str(tmp_path / "out"),
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def run_cli(args, env_extra=None, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def losses(out_dir) -> list[float]:
+    return [r["loss"] for r in read_metrics(Path(out_dir) / "metrics.jsonl") if "loss" in r and "train_runtime" not in r]
+
+
+def test_one_process_cli_run_writes_everything(recipe, tmp_path):
+    res = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), "train.max_steps=6"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "out"
+    for name in ["adapter_model.safetensors", "adapter_config.json", "run_config.yaml", "metrics.jsonl",
+                 "loss_curve.png", "README.md", "data_report.json", "data_report.md", "train_results.json",
+                 "tokenizer.json"]:
+        assert (out / name).exists(), name
+    results = json.loads((out / "train_results.json").read_text())
+    assert results["world_size"] == 1 and results["steps"] == 6
+    steps = losses(out)
+    assert len(steps) == 6 and steps[-1] < steps[0]  # it learns
+    logged = [r for r in read_metrics(out / "metrics.jsonl") if "tokens_per_s" in r]
+    assert logged and all(r["tokens_per_s"] > 0 and 0 <= r["padding_fraction"] < 1 for r in logged)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert str(recipe) in card and "LoRA" in card and "packing" in card
+    assert load_config(out / "run_config.yaml").train.max_steps == 6  # the resolved config, overrides applied
+
+
+def test_two_process_ddp_losses_equal_one_process(recipe, tmp_path):
+    """Global batch 4: one process with 4 rows per step vs two processes with 2 each; same rows, same losses."""
+    single = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), "train.per_device_batch_size=4",
+                      f"output_dir={tmp_path / 'single'}"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = run_cli([sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_ddp.yaml",
+                   "train/sft.py", "--config", str(recipe), "train.per_device_batch_size=2",
+                   f"output_dir={tmp_path / 'ddp'}"], env_extra={"ACCELERATE_USE_CPU": "1"})
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    log = ddp.stdout + ddp.stderr
+    assert "[rank 0] world_size=2" in log and "[rank 1] world_size=2" in log
+    assert json.loads((tmp_path / "ddp" / "train_results.json").read_text())["world_size"] == 2
+    one, two = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert len(one) == len(two) == 4
+    assert one == pytest.approx(two, abs=1e-5), (one, two)
+
+
+def _logits(model, input_ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=input_ids).logits.float()
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapter_reloads_and_merges_to_trained_logits(recipe, tmp_path, method):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from train.model import load_base_model
+    from train.sft import train_sft
+
+    cfg = load_config(recipe, [f"method={method}", "qlora.compute_dtype=float32", "save.merged=true",
+                               "lora.target_modules=[all-linear]"])
+    trainer, tokenizer, _, result = train_sft(cfg)
+    ids = torch.tensor([tokenizer("한국의 수도는 서울입니다. The cat is on the mat.")["input_ids"]])
+    trained = _logits(trainer.model, ids)
+    out = Path(cfg.output_dir)
+
+    reloaded = PeftModel.from_pretrained(load_base_model(cfg), str(out))
+    assert torch.allclose(_logits(reloaded, ids), trained, atol=1e-5)
+    lora_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the adapter really learned something
+
+    base_logits = _logits(reloaded.get_base_model(), ids) if method == "lora" else None
+    if method == "qlora":
+        # the trained forward used dequantised 4-bit weights: merge onto exactly those
+        base = load_base_model(cfg).dequantize()
+        merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
+        assert torch.allclose(_logits(merged, ids), trained, atol=1e-4)
+    else:
+        merged = AutoModelForCausalLM.from_pretrained(out / "merged")  # written by save.merged=true
+        assert torch.allclose(_logits(merged, ids), trained, atol=1e-4)
+        with reloaded.disable_adapter():
+            assert not torch.allclose(_logits(reloaded, ids), trained, atol=1e-3)
+    assert base_logits is None or not torch.allclose(base_logits, trained, atol=1e-3)
+
+
+def test_full_fine_tuning_saves_loadable_weights(recipe, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from train.sft import train_sft
+
+    cfg = load_config(recipe, ["method=full", "train.learning_rate=1e-3"])
+    trainer, tokenizer, _, _ = train_sft(cfg)
+    ids = torch.tensor([tokenizer("서울 The cat")["input_ids"]])
+    saved = AutoModelForCausalLM.from_pretrained(cfg.output_dir)
+    assert (Path(cfg.output_dir) / "model.safetensors").exists()
+    assert torch.allclose(_logits(saved, ids), _logits(trainer.model, ids), atol=1e-5)
+
+
+def test_wandb_offline_run_records_metrics_without_secrets(recipe, tmp_path):
+    secret = "wandb_v1_secretkeythatmustnotleak0123456789"
+    res = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), "tracking.wandb_mode=offline",
+                   "tracking.project=test-offline"], env_extra={"WANDB_API_KEY": secret, "HF_TOKEN": "hf_" + "x" * 30})
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "out"
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    run_id = (out / "wandb_run_id.txt").read_text().strip()
+    assert runs[0].name.endswith(run_id)
+    for f in out.rglob("*"):
+        if f.is_file() and f.stat().st_size < 20_000_000:
+            data = f.read_bytes()
+            assert secret.encode() not in data and b"hf_" + b"x" * 30 not in data, f
+
+
+def test_user_errors_exit_2_with_message_and_no_traceback(recipe, tmp_path):
+    res = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), "train.max_step=3"])
+    assert res.returncode == 2 and "train.max_steps" in res.stderr and "Traceback" not in res.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "안녕"}]}\n', encoding="utf-8")
+    res = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), f"data.sources.0.path={bad}"])
+    assert res.returncode == 2 and "bad.jsonl:1" in res.stderr and "Traceback" not in res.stderr
