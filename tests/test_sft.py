@@ -129,7 +129,8 @@ def test_adapter_reloads_and_merges_to_trained_logits(recipe, tmp_path, method):
     lora_b = [p for n, p in reloaded.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # the adapter really learned something
 
-    base_logits = _logits(reloaded.get_base_model(), ids) if method == "lora" else None
+    with reloaded.disable_adapter():  # the adapter changed the model
+        assert not torch.allclose(_logits(reloaded, ids), trained, atol=1e-3)
     if method == "qlora":
         # the trained forward used dequantised 4-bit weights: merge onto exactly those
         base = load_base_model(cfg).dequantize()
@@ -138,9 +139,6 @@ def test_adapter_reloads_and_merges_to_trained_logits(recipe, tmp_path, method):
     else:
         merged = AutoModelForCausalLM.from_pretrained(out / "merged")  # written by save.merged=true
         assert torch.allclose(_logits(merged, ids), trained, atol=1e-4)
-        with reloaded.disable_adapter():
-            assert not torch.allclose(_logits(reloaded, ids), trained, atol=1e-3)
-    assert base_logits is None or not torch.allclose(base_logits, trained, atol=1e-3)
 
 
 def test_full_fine_tuning_saves_loadable_weights(recipe, tmp_path):

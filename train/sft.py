@@ -43,9 +43,9 @@ def setup_tracking(cfg) -> None:
     out.mkdir(parents=True, exist_ok=True)
     id_file = out / "wandb_run_id.txt"
     if not id_file.exists():
-        import wandb.util
+        import uuid
 
-        id_file.write_text(wandb.util.generate_id())
+        id_file.write_text(uuid.uuid4().hex[:12])
     os.environ.update({"WANDB_MODE": cfg.tracking.wandb_mode, "WANDB_PROJECT": cfg.tracking.project,
                        "WANDB_DIR": str(out), "WANDB_RUN_ID": id_file.read_text().strip(), "WANDB_RESUME": "allow"})
     if cfg.tracking.entity:
