@@ -103,6 +103,23 @@ def test_two_process_ddp_losses_equal_one_process(recipe, tmp_path):
     assert one == pytest.approx(two, abs=1e-5), (one, two)
 
 
+def test_gradient_accumulation_loss_equals_large_batch_loss(recipe, tmp_path):
+    """Rows differ in label-token counts; the loss of 2 micro-batches x 2 rows must equal one batch of 4 rows, which
+    holds only when the accumulated loss is normalised by the label tokens of the whole optimizer step."""
+    from train.sft import train_sft
+
+    big = load_config(recipe, ["train.per_device_batch_size=4", f"output_dir={tmp_path / 'big'}", "method=full"])
+    acc = load_config(recipe, ["train.per_device_batch_size=2", "train.gradient_accumulation_steps=2",
+                               f"output_dir={tmp_path / 'acc'}", "method=full"])
+    trainer_big = train_sft(big)[0]
+    trainer_acc = train_sft(acc)[0]
+    one, two = losses(tmp_path / "big"), losses(tmp_path / "acc")
+    assert len(one) == len(two) == 4
+    assert one == pytest.approx(two, abs=1e-5), (one, two)
+    for (name, a), (_, b) in zip(trainer_big.model.named_parameters(), trainer_acc.model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name  # same updates, not only the same logged numbers
+
+
 def _logits(model, input_ids):
     model.eval()
     with torch.no_grad():
