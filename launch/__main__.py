@@ -58,7 +58,7 @@ def cmd_eval(args) -> int:
     from train.data.templates import generation_prompt
     from train.model import load_base_model, resize_for_tokenizer
 
-    cfg, tokenizer, _ = _load(args)
+    cfg, tokenizer, changes = _load(args)
     data = load_or_build(cfg, tokenizer, is_main=True)
     conv_file = data.path / "eval_conversations.jsonl"
     if data.eval is None or not conv_file.exists():
@@ -74,12 +74,14 @@ def cmd_eval(args) -> int:
         references.append(reference)
 
     torch.manual_seed(cfg.train.seed)
-    collator = Collator(pad_token_id=tokenizer.pad_token_id, packing=cfg.data.packing)
+    collator = Collator(pad_token_id=tokenizer.pad_token_id, packing=cfg.data.packing,
+                        flash_varlen_kwargs=cfg.model.attn_implementation.startswith("flash"))
     rows = data.eval if not args.limit else data.eval.select(range(min(len(data.eval), args.limit)))
 
     def score(model, label: str):
         t0 = time.time()
-        preds = ev.generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        preds = ev.generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            stop_ids=[changes.get("end_of_turn_id")])
         per_sample = [ev.score_sample(p, r) for p, r in zip(preds, references)]
         metrics = ev.aggregate(per_sample)
         metrics["eval_loss"] = ev.mean_token_loss(model, rows, collator)
@@ -161,10 +163,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from train.config import ConfigError
     from train.data.quality import DataError
+    from train.data.templates import TemplateError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, TemplateError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
 

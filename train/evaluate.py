@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "[|endofturn|]", "<|endoftext|>")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -110,20 +109,15 @@ def split_prompt(messages: List[Dict[str, str]]):
     return messages[:last], messages[last]["content"]
 
 
-def stop_token_ids(tokenizer) -> List[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
-    return sorted(i for i in ids if i is not None)
-
-
 @torch.no_grad()
-def generate(model, tokenizer, prompts: List[str], max_new_tokens: int = 128, batch_size: int = 8) -> List[str]:
-    """Batched greedy decoding of already-templated prompts (left padding); returns the new text only."""
+def generate(model, tokenizer, prompts: List[str], max_new_tokens: int = 128, batch_size: int = 8,
+             stop_ids: Sequence[Optional[int]] = ()) -> List[str]:
+    """Batched greedy decoding of already-templated prompts (left padding); stops at EOS or any of `stop_ids` (the
+    template's end-of-turn token, from setup_tokenizer); returns the new text only."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     outputs: List[str] = []
-    stops = stop_token_ids(tokenizer)
+    stops = sorted({i for i in (tokenizer.eos_token_id, *stop_ids) if i is not None})
     was_training = model.training
     model.eval()
     try:

@@ -111,7 +111,8 @@ def train_sft(cfg, command=None):
         args=args_tr,
         train_dataset=data.train,
         eval_dataset=data.eval if cfg.train.eval_steps else None,
-        data_collator=Collator(pad_token_id=tokenizer.pad_token_id, packing=cfg.data.packing),
+        data_collator=Collator(pad_token_id=tokenizer.pad_token_id, packing=cfg.data.packing,
+                               flash_varlen_kwargs=cfg.model.attn_implementation.startswith("flash")),
         processing_class=tokenizer,
         callbacks=[MetricsFileCallback(cfg.output_dir)],
         pad_token_id=tokenizer.pad_token_id,
@@ -159,13 +160,12 @@ def run(argv=None) -> int:
     """main() with user errors turned into one readable message and exit code 2, never a bare traceback."""
     from train.config import ConfigError
 
-    try:
-        from train.data.quality import DataError
-    except ImportError:  # keep config errors readable even if the data package is broken
-        DataError = ConfigError
+    from train.data.quality import DataError
+    from train.data.templates import TemplateError
+
     try:
         return main(argv)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, TemplateError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
 

@@ -104,7 +104,7 @@ def assistant_spans(text: str, messages: List[dict], layout: TemplateLayout) -> 
             start = body
             if prompt_extra and (pos > body or (closing and closing in text[body: pos + length])):
                 raise ValueError(
-                    f"message {i} (assistant): the template writes {text[body:pos][:60]!r} before the reply, but the "
+                    f"message {i} (assistant): the template writes {text[body:pos + length][:60]!r}, but the "
                     f"generation prompt is {gen!r}: the model would be trained on text it never writes at inference. "
                     f"For Qwen3 <think> reasoning set data.enable_thinking=true, or remove the reasoning")
         spans.append((start, pos + length + len(end)))
@@ -114,8 +114,8 @@ def assistant_spans(text: str, messages: List[dict], layout: TemplateLayout) -> 
 
 def _encode(tokenizer, text: str):
     """Token ids and a Rust encoding (for char_to_token) of `text`, without special tokens added."""
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if backend is not None and hasattr(backend, "encode"):
+    backend = getattr(tokenizer, "_tokenizer", None)  # the Rust tokenizer: same ids as tokenizer(...), less overhead
+    if backend is not None and hasattr(backend, "encode") and not getattr(tokenizer, "split_special_tokens", False):
         encoding = backend.encode(text, add_special_tokens=False)
         return encoding.ids, encoding
     out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

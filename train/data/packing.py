@@ -6,6 +6,8 @@ attention_mask, and transformers turns the position resets into per-sample atten
   position_ids)` whenever attention_mask is None and there is no KV cache; `create_causal_mask` then combines the causal
   mask with `packed_sequence_mask_function` (via `packed_sequence_compatibility_function`), i.e. a block-diagonal
   causal mask. (Checked in transformers 5.23; `tests/test_packing.py` proves it on tiny Llama and Qwen3 models.)
+  The detection is skipped when a KV cache exists, so training must run with use_cache=False (the Trainer's
+  default `args.use_cache=False` and train/model.py set it); with use_cache=True packed samples leak into each other.
 - flash_attention_2/3: `modeling_flash_attention_utils._flash_attention_forward` calls the varlen kernel with
   `cu_seq_lens_q/k` and `max_length_q/k` when they are passed as model kwargs, and otherwise infers them from
   position_ids (`_is_packed_sequence` + `prepare_fa_kwargs_from_position_ids`) ONLY when the batch has one row.
@@ -260,4 +262,5 @@ def packing_stats(rows: Sequence[dict], max_length: int) -> dict:
     slots = n_rows * max_length
     efficiency = tokens / slots if slots else 0.0
     return {"rows": n_rows, "tokens": tokens, "label_tokens": label_tokens, "max_length": max_length,
-            "packing_efficiency": round(efficiency, 6), "padding_fraction": round(1.0 - efficiency, 6) if slots else 0.0}
+            "packing_efficiency": round(efficiency, 6),
+            "padding_fraction": round(1.0 - efficiency, 6) if slots else 0.0}

@@ -189,8 +189,8 @@ EXAONE = (
 
 # ChatML, for tokenizers that ship no template.
 CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
+    " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 NAMED_TEMPLATES: Dict[str, str] = {"llama3": LLAMA3, "qwen3": QWEN3, "gemma": GEMMA, "exaone": EXAONE, "chatml": CHATML}
@@ -209,6 +209,10 @@ TEMPLATE_MARKERS: Dict[str, Tuple[str, ...]] = {
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>", "[PAD]", "<|pad|>",
                   "<|reserved_special_token_0|>")
 NEW_PAD_TOKEN = "<|pad|>"
+
+
+class TemplateError(RuntimeError):
+    """The chosen chat template cannot be used (a setting to fix, not a bad record). The message says how to fix it."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -231,24 +235,17 @@ def choose_template(tokenizer, name: str) -> Tuple[str, str]:
     if name == "tokenizer":
         if not own:
             where = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-            raise ValueError(f"data.template: tokenizer '{where}' has no chat_template. Set data.template to one of "
-                             f"{', '.join(NAMED_TEMPLATES)} (chatml suits a base model), or to auto")
+            raise TemplateError(f"data.template: tokenizer '{where}' has no chat_template. Set data.template to one "
+                                f"of {', '.join(NAMED_TEMPLATES)} (chatml suits a base model), or to auto")
         return "tokenizer", own
     if name not in NAMED_TEMPLATES:
-        raise ValueError(f"data.template: unknown template '{name}'. Use auto, tokenizer or one of "
-                         f"{', '.join(NAMED_TEMPLATES)}")
+        raise TemplateError(f"data.template: unknown template '{name}'. Use auto, tokenizer or one of "
+                            f"{', '.join(NAMED_TEMPLATES)}")
     return name, NAMED_TEMPLATES[name]
 
 
 def _is_single_token(tokenizer, text: str) -> bool:
     return len(tokenizer.encode(text, add_special_tokens=False)) == 1
-
-
-def _token_id(tokenizer, token: Optional[str]) -> Optional[int]:
-    if token is None:
-        return None
-    ids = tokenizer.encode(token, add_special_tokens=False)
-    return ids[0] if len(ids) == 1 else None
 
 
 def setup_tokenizer(tokenizer, data: DataConfig) -> dict:
@@ -281,7 +278,8 @@ def setup_tokenizer(tokenizer, data: DataConfig) -> dict:
 
     # 3. Domain tokens (seed 001, level 5): ordinary tokens, so they decode as plain text, each one id.
     domain = [t for t in data.add_tokens if t]
-    added_domain = tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in domain]) if domain else 0
+    added_domain = (tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in domain])
+                    if domain else 0)
 
     return {
         "template": name,
@@ -367,9 +365,14 @@ def _longest_shared_prefix(prompt: str, *segments: str) -> str:
 
 def template_layout(tokenizer, data: DataConfig) -> TemplateLayout:
     """Probe the tokenizer's current chat template (cached per tokenizer, template, thinking mode and vocabulary)."""
-    key = (_own_template(tokenizer), data.enable_thinking, len(tokenizer))
+    own = _own_template(tokenizer)
+    key = (own, data.template, data.enable_thinking, len(tokenizer))
     per_tokenizer = _layout_cache.setdefault(tokenizer, {})
     if key not in per_tokenizer:
+        expected = NAMED_TEMPLATES.get(data.template, own) if data.template != "auto" else (own or CHATML)
+        if own is None or own != expected:
+            raise TemplateError(f"the tokenizer's chat template is not the one data.template={data.template} "
+                                f"selects: call train.data.templates.setup_tokenizer(tokenizer, data) first")
         per_tokenizer[key] = _probe_layout(tokenizer, data)
     return per_tokenizer[key]
 
@@ -384,10 +387,11 @@ def _probe_layout(tokenizer, data: DataConfig) -> TemplateLayout:
         with_prompt = render(tokenizer, [u1], data, add_generation_prompt=True)
         two_turns = render(tokenizer, [u1, a1, u2, a2], data)
     except Exception as e:  # noqa: BLE001 - any template failure is reported with the fix
-        raise ValueError(f"the chat template cannot render a plain user/assistant conversation ({e}). {fix}") from None
+        raise TemplateError(f"the chat template cannot render a plain user/assistant conversation ({e}). "
+                            f"{fix}") from None
     if not with_prompt.startswith(prompt_only) or len(with_prompt) == len(prompt_only):
-        raise ValueError(f"the chat template writes no generation prompt for add_generation_prompt=True, so inference "
-                         f"could not match training. {fix}")
+        raise TemplateError(f"the chat template writes no generation prompt for add_generation_prompt=True, so "
+                            f"inference could not match training. {fix}")
     gen = with_prompt[len(prompt_only):]
 
     def between(text: str, left: str, right: str) -> str:
@@ -399,12 +403,13 @@ def _probe_layout(tokenizer, data: DataConfig) -> TemplateLayout:
         before_a2 = between(two_turns, p["u2"], p["a2"])  # user end + header (+ think block) of the last turn
         after_a1 = between(two_turns, p["a1"], p["u2"])  # end of a historical assistant turn + user header
     except ValueError:
-        raise ValueError(f"the chat template drops or rewrites message text, so assistant turns cannot be located. "
-                         f"{fix}") from None
+        raise TemplateError(f"the chat template drops or rewrites message text, so assistant turns cannot be "
+                            f"located. {fix}") from None
     after_a2 = two_turns[two_turns.index(p["a2"]) + len(p["a2"]):]
     header = _longest_shared_prefix(gen, before_a1, before_a2)
     if not header:
-        raise ValueError(f"the generation prompt {gen!r} does not open the assistant turns of this chat template. {fix}")
+        raise TemplateError(f"the generation prompt {gen!r} does not open the assistant turns of this chat "
+                            f"template. {fix}")
     user_end = before_a1[: before_a1.rindex(header)]
 
     specials = _special_strings(tokenizer)
@@ -412,8 +417,8 @@ def _probe_layout(tokenizer, data: DataConfig) -> TemplateLayout:
     for after in (after_a2, after_a1):
         end = _through_first_special(after, specials)
         if end is None:
-            raise ValueError(f"the chat template ends assistant turns with {after[:40]!r}, which is not a special "
-                             f"token, so the model could not learn to stop. {fix}")
+            raise TemplateError(f"the chat template ends assistant turns with {after[:40]!r}, which is not a "
+                                f"special token, so the model could not learn to stop. {fix}")
         if end not in ends:
             ends.append(end)
     end_of_turn = ends[0].strip()

@@ -1,0 +1,321 @@
+"""Packing: BFD against independent packers, lossless splitting, collation, and the proof that packed rows give the
+same logits and loss as the samples run one by one (tiny Llama and Qwen3, sdpa and eager)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+from train.data.packing import (Collator, flash_varlen_kwargs, handle_overlong, pack_bfd, packed_rows,
+                                packing_stats)
+
+IGNORE = -100
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Independent packers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def naive_bfd(lengths, capacity):
+    """Textbook best-fit-decreasing with a linear scan over open bins (O(n^2))."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins, free = [], []
+    for i in order:
+        fits = [b for b in range(len(bins)) if free[b] >= lengths[i]]
+        if not fits:
+            bins.append([i])
+            free.append(capacity - lengths[i])
+        else:
+            b = min(fits, key=lambda b: (free[b], b))
+            bins[b].append(i)
+            free[b] -= lengths[i]
+    return bins
+
+
+def first_fit(lengths, capacity):
+    """First-fit in arrival order (no sorting): the simple baseline."""
+    free = []
+    for n in lengths:
+        for b, f in enumerate(free):
+            if f >= n:
+                free[b] -= n
+                break
+        else:
+            free.append(capacity - n)
+    return len(free)
+
+
+def optimal_bins(lengths, capacity):
+    """Fewest bins by exhaustive search (tiny inputs only)."""
+    for k in range(1, len(lengths) + 1):
+        for assignment in itertools.product(range(k), repeat=len(lengths)):
+            loads = [0] * k
+            for n, b in zip(lengths, assignment):
+                loads[b] += n
+            if max(loads) <= capacity:
+                return k
+    return len(lengths)
+
+
+def long_tailed_lengths(n, capacity, seed):
+    rng = random.Random(seed)
+    return [min(capacity, max(1, int(rng.lognormvariate(5.0, 1.0)))) for _ in range(n)]
+
+
+def check_partition(bins, lengths, capacity):
+    flat = sorted(i for b in bins for i in b)
+    assert flat == list(range(len(lengths)))  # every sample in exactly one bin
+    assert all(sum(lengths[i] for i in b) <= capacity for b in bins)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# BFD
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_bfd_equals_textbook_bfd():
+    rng = random.Random(0)
+    for _ in range(200):
+        capacity = rng.choice([8, 16, 64, 2048])
+        lengths = [rng.randint(1, capacity) for _ in range(rng.randint(0, 120))]
+        bins = pack_bfd(lengths, capacity)
+        assert bins == naive_bfd(lengths, capacity)
+        check_partition(bins, lengths, capacity)
+
+
+def test_bfd_close_to_optimal_on_small_inputs():
+    rng = random.Random(1)
+    for _ in range(40):
+        capacity = 10
+        lengths = [rng.randint(1, 10) for _ in range(rng.randint(1, 7))]
+        bins = pack_bfd(lengths, capacity)
+        check_partition(bins, lengths, capacity)
+        assert len(bins) <= 11 / 9 * optimal_bins(lengths, capacity) + 6 / 9  # the known BFD bound
+
+
+@pytest.mark.parametrize("capacity", [2048, 4096])
+def test_bfd_beats_first_fit_on_long_tailed_lengths(capacity):
+    lengths = long_tailed_lengths(3000, capacity, seed=capacity)
+    bins = pack_bfd(lengths, capacity)
+    check_partition(bins, lengths, capacity)
+    assert len(bins) <= first_fit(lengths, capacity)
+    assert len(bins) == math.ceil(sum(lengths) / capacity)  # with many short samples BFD reaches the lower bound
+
+
+def test_bfd_is_deterministic_with_ties_by_index():
+    lengths = [5, 3, 5, 3, 5, 3, 2]
+    assert pack_bfd(lengths, 8) == [[0, 1], [2, 3], [4, 5], [6]]
+    assert pack_bfd(lengths, 8) == pack_bfd(list(lengths), 8)
+
+
+def test_bfd_refuses_overlong_samples():
+    with pytest.raises(ValueError, match="handle_overlong"):
+        pack_bfd([3, 9, 2], 8)
+
+
+def test_bfd_scales_to_20k_samples():
+    import time
+
+    lengths = long_tailed_lengths(20000, 4096, seed=7)
+    started = time.perf_counter()
+    bins = pack_bfd(lengths, 4096)
+    assert time.perf_counter() - started < 5.0  # about 0.3 s here; a quadratic packer takes minutes
+    check_partition(bins, lengths, 4096)
+    efficiency = sum(lengths) / (len(bins) * 4096)
+    assert efficiency >= 0.99
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Overlong samples
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def sample(n, prompt, seed=0):
+    rng = random.Random(seed)
+    ids = [rng.randint(2, 127) for _ in range(n)]
+    return {"input_ids": ids, "labels": [IGNORE] * prompt + ids[prompt:], "source": 3}
+
+
+def test_split_loses_no_token_and_no_label():
+    s = sample(50, prompt=1)
+    chunks, counts = handle_overlong([s, sample(10, 2)], max_length=16, mode="split")
+    assert len(chunks) == 1 + math.ceil((50 - 1) / (16 - 1))
+    assert chunks[-1] == sample(10, 2)  # samples that fit pass through unchanged
+    pieces = chunks[:-1]
+    assert all(len(c["input_ids"]) <= 16 for c in pieces)
+    # consecutive chunks share one token (the next chunk's context); without it the concatenation is the original
+    assert pieces[0]["input_ids"] + [t for c in pieces[1:] for t in c["input_ids"][1:]] == s["input_ids"]
+    assert pieces[0]["labels"] + [t for c in pieces[1:] for t in c["labels"][1:]] == s["labels"]
+    assert all(c["labels"][0] == IGNORE for c in pieces)
+    trained = lambda labels: sum(1 for x in labels[1:] if x != IGNORE)  # noqa: E731  (labels[0] is never predicted)
+    assert sum(trained(c["labels"]) for c in pieces) == trained(s["labels"])
+    assert all(c["source"] == 3 for c in pieces)  # other fields are kept
+    assert counts == {"overlong": 1, "dropped": 0, "split_into": len(pieces), "tokens_lost": 0,
+                      "label_tokens_lost": 0, "chunks_without_labels": 0}
+
+
+def test_split_drops_and_counts_chunks_without_labels():
+    s = sample(50, prompt=40)  # a long prompt, answer in tokens 40..49
+    chunks, counts = handle_overlong([s], max_length=16, mode="split")
+    # chunks [0,16) [15,31) [30,46) [45,50): the first two are prompt only
+    assert [c["input_ids"] for c in chunks] == [s["input_ids"][30:46], s["input_ids"][45:50]]
+    assert counts["chunks_without_labels"] == 2 and counts["dropped"] == 2
+    assert counts["tokens_lost"] == 16 + 15 and counts["label_tokens_lost"] == 0 and counts["split_into"] == 2
+
+
+def test_drop_mode_drops_and_counts():
+    kept = sample(16, 4)
+    out, counts = handle_overlong([sample(17, 4), kept, sample(40, 30)], max_length=16, mode="drop")
+    assert out == [kept]
+    assert counts == {"overlong": 2, "dropped": 2, "split_into": 0, "tokens_lost": 57,
+                      "label_tokens_lost": (17 - 4) + (40 - 30), "chunks_without_labels": 0}
+
+
+def test_unknown_overlong_mode_raises():
+    with pytest.raises(ValueError, match="drop, split"):
+        handle_overlong([], 16, "truncate")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rows and collation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_packed_rows_concatenate_and_restart_positions():
+    samples = [{"input_ids": [1, 2, 3], "labels": [5, 2, 3]}, {"input_ids": [4, 5], "labels": [IGNORE, 5]},
+               {"input_ids": [6], "labels": [6]}]
+    rows = packed_rows(samples, [[0, 1], [2]])
+    assert rows == [{"input_ids": [1, 2, 3, 4, 5], "labels": [IGNORE, 2, 3, IGNORE, 5], "position_ids": [0, 1, 2, 0, 1]},
+                    {"input_ids": [6], "labels": [IGNORE], "position_ids": [0]}]
+
+
+def test_collator_packing_pads_as_its_own_segment():
+    rows = [{"input_ids": [1, 2, 3, 4, 5], "labels": [IGNORE, 2, 3, IGNORE, 5], "position_ids": [0, 1, 2, 0, 1]},
+            {"input_ids": [6, 7], "labels": [IGNORE, 7], "position_ids": [0, 1]}]
+    batch = Collator(pad_token_id=9, packing=True, pad_to_multiple_of=4)(rows)
+    assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention_mask: padding-free
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 9, 9, 9], [6, 7, 9, 9, 9, 9, 9, 9]]
+    assert batch["labels"].tolist() == [[IGNORE, 2, 3, IGNORE, 5] + [IGNORE] * 3, [IGNORE, 7] + [IGNORE] * 6]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5]]
+    assert all(t.dtype == torch.long for t in batch.values())
+
+
+def test_collator_without_packing_uses_attention_mask():
+    rows = [{"input_ids": [1, 2, 3], "labels": [IGNORE, 2, 3]}, {"input_ids": [4], "labels": [IGNORE]}]
+    batch = Collator(pad_token_id=0, packing=False)(rows)
+    assert set(batch) == {"input_ids", "labels", "attention_mask"}
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE, 2, 3], [IGNORE, IGNORE, IGNORE]]
+
+
+def test_flash_varlen_kwargs_match_transformers():
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    rows = [{"input_ids": [1] * 5, "labels": [IGNORE] * 5, "position_ids": [0, 1, 2, 0, 1]},
+            {"input_ids": [1] * 2, "labels": [IGNORE] * 2, "position_ids": [0, 1]}]
+    batch = Collator(pad_token_id=0, packing=True, flash_varlen_kwargs=True)(rows)
+    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5, 7, 10]  # segments 3, 2 | 2, 3 (padding)
+    (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(batch["position_ids"])
+    assert batch["cu_seq_lens_q"].tolist() == cu_q.tolist() == cu_k.tolist() == batch["cu_seq_lens_k"].tolist()
+    assert batch["max_length_q"] == batch["max_length_k"] == int(max_q) == int(max_k) == 3
+    assert flash_varlen_kwargs(batch["position_ids"])["cu_seq_lens_q"].dtype == torch.int32
+
+
+def test_packing_stats():
+    rows = [{"input_ids": [1] * 8, "labels": [IGNORE] * 3 + [1] * 5}, {"input_ids": [1] * 6, "labels": [1] * 6}]
+    stats = packing_stats(rows, 10)
+    assert stats == {"rows": 2, "tokens": 14, "label_tokens": 11, "max_length": 10, "packing_efficiency": 0.7,
+                     "padding_fraction": 0.3}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The key test: packed logits and loss equal per-sample ones
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _packed_batch(max_length=32):
+    rng = random.Random(5)
+    samples = []
+    for n in [11, 7, 18, 4, 9, 13, 6]:
+        ids = [rng.randint(2, 127) for _ in range(n)]
+        labels = [t if rng.random() < 0.7 else IGNORE for t in ids]  # a labelled first token is never a target
+        labels[0], labels[-1] = ids[0], ids[-1]
+        samples.append({"input_ids": ids, "labels": labels})
+    bins = pack_bfd([len(s["input_ids"]) for s in samples], max_length)
+    rows = packed_rows(samples, bins)
+    assert len(rows) >= 2 and len({len(r["input_ids"]) for r in rows}) > 1  # several rows, padding in the batch
+    where = {}  # sample index -> (row, offset)
+    for r, b in enumerate(bins):
+        offset = 0
+        for i in b:
+            where[i] = (r, offset)
+            offset += len(samples[i]["input_ids"])
+    return samples, where, Collator(pad_token_id=0, packing=True)(rows)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_packed_logits_equal_per_sample_logits(tiny_causal_lm, arch, attn):
+    model = tiny_causal_lm(arch, attn_implementation=attn)
+    samples, where, batch = _packed_batch()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        leaky = model(input_ids=batch["input_ids"]).logits  # negative control: no position_ids, no isolation
+        worst, leak = 0.0, 0.0
+        for i, s in enumerate(samples):
+            row, offset = where[i]
+            n = len(s["input_ids"])
+            alone = model(input_ids=torch.tensor([s["input_ids"]])).logits[0]
+            worst = max(worst, (packed[row, offset: offset + n] - alone).abs().max().item())
+            if offset > 0:
+                leak = max(leak, (leaky[row, offset: offset + n] - alone).abs().max().item())
+    assert worst < 1e-4
+    assert leak > 1e-2  # without position_ids the samples attend to each other and the logits change
+
+
+def test_packing_isolation_needs_use_cache_false(tiny_causal_lm):
+    """transformers only derives the per-sample mask from position_ids when there is no KV cache
+    (masking_utils._preprocess_mask_arguments): training must run with use_cache=False (Trainer's default and
+    train/model.py set it). With a cache the packed samples leak into each other."""
+    model = tiny_causal_lm("llama")
+    samples, where, batch = _packed_batch()
+    i = next(i for i in where if where[i][1] > 0)
+    row, offset = where[i]
+    n = len(samples[i]["input_ids"])
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([samples[i]["input_ids"]])).logits[0]
+        no_cache = model(**batch, use_cache=False).logits[row, offset: offset + n]
+        cached = model(**batch, use_cache=True).logits[row, offset: offset + n]
+    assert (no_cache - alone).abs().max().item() < 1e-4
+    assert (cached - alone).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_packed_loss_is_token_weighted_mean_of_sample_losses(tiny_causal_lm, arch):
+    model = tiny_causal_lm(arch, attn_implementation="sdpa")
+    samples, _, batch = _packed_batch()
+    with torch.no_grad():
+        packed_loss = model(**batch).loss.item()
+        total, count = 0.0, 0
+        for s in samples:
+            n_targets = sum(1 for x in s["labels"][1:] if x != IGNORE)
+            loss = model(input_ids=torch.tensor([s["input_ids"]]), labels=torch.tensor([s["labels"]])).loss.item()
+            total += loss * n_targets
+            count += n_targets
+    assert abs(packed_loss - total / count) < 1e-5
+
+
+def test_flash_varlen_kwargs_are_harmless_for_sdpa(tiny_causal_lm):
+    """The collator's FlashAttention kwargs may reach an sdpa model (e.g. a recipe switched back): same logits."""
+    model = tiny_causal_lm("llama", attn_implementation="sdpa")
+    _, _, batch = _packed_batch()
+    with torch.no_grad():
+        plain = model(**batch).logits
+        with_fa = model(**batch, **flash_varlen_kwargs(batch["position_ids"])).logits
+    assert torch.equal(plain, with_fa)
