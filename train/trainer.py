@@ -3,8 +3,13 @@ that write metrics.jsonl and a loss curve. The loop itself, optimizer, schedule,
 checkpointing are the HF Trainer's.
 
 Loss under gradient accumulation: the Trainer counts the label tokens of all micro-batches of an optimizer step
-(`num_items_in_batch`, summed across data-parallel ranks with `average_tokens_across_devices`) and the model divides
-the summed token loss by that count, so the accumulated loss equals the large-batch loss (tests/test_trainer.py).
+(`num_items_in_batch`, summed across data-parallel ranks with `average_tokens_across_devices`) and the summed token
+loss is divided by that count, so the accumulated loss equals the large-batch loss (tests/test_sft.py).
+
+Label-only logits: in training, the output layer and the cross-entropy run only at positions whose next token carries
+a label (`logits_to_keep` as a boolean mask), instead of full-vocabulary fp32 logits for every position. In SFT most
+tokens are prompt, so this saves most of the output layer's time and memory; the loss and gradients are the same
+(tests/test_trainer.py).
 """
 
 from __future__ import annotations
@@ -83,13 +88,21 @@ class SFTTrainer(Trainer):
         self._window_start = time.perf_counter()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training:
-            ids = inputs["input_ids"]
-            real = inputs["attention_mask"].sum() if "attention_mask" in inputs else (ids != self.pad_token_id).sum()
-            self._tokens += int(real)
-            self._slots += ids.numel()
-            self._label_tokens += int((inputs["labels"] != -100).sum())
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not model.training or return_outputs or num_items_in_batch is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        ids, labels = inputs["input_ids"], inputs["labels"]
+        real = inputs["attention_mask"].sum() if "attention_mask" in inputs else (ids != self.pad_token_id).sum()
+        self._tokens += int(real)
+        self._slots += ids.numel()
+        self._label_tokens += int((labels != -100).sum())
+        return label_only_loss(model, inputs, num_items_in_batch) * self._loss_scale()
+
+    def _loss_scale(self) -> int:
+        """As the Trainer does: with token averaging across ranks, DDP's gradient mean must become a sum."""
+        if self.args.average_tokens_across_devices:
+            return self.accelerator.num_processes // self.get_tp_size()
+        return 1
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         if "loss" in logs and self._slots:
@@ -102,6 +115,21 @@ class SFTTrainer(Trainer):
             self._tokens = self._label_tokens = self._slots = 0
             self._window_start = time.perf_counter()
         super().log(logs, start_time)
+
+
+def label_only_loss(model, inputs: Dict[str, torch.Tensor], num_items_in_batch) -> torch.Tensor:
+    """Summed cross-entropy over label tokens / num_items_in_batch, computing logits only where a label follows."""
+    labels = inputs["labels"]
+    targets = torch.full_like(labels, -100)
+    targets[:, :-1] = labels[:, 1:]  # position p predicts token p + 1
+    keep = targets != -100
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    logits = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits  # (label tokens, vocab)
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[keep],
+                                             reduction="sum")
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
 
 
 class MetricsFileCallback(TrainerCallback):
