@@ -54,6 +54,7 @@ def cmd_eval(args) -> int:
 
     from train import evaluate as ev
     from train.data.packing import Collator
+    from train.data.labels import tokenize_conversation
     from train.data.prepare import load_or_build
     from train.data.templates import generation_prompt
     from train.model import load_base_model, resize_for_tokenizer
@@ -64,9 +65,10 @@ def cmd_eval(args) -> int:
     if data.eval is None or not conv_file.exists():
         print("error: no held-out split: set data.validation_split > 0 or data.eval_sources", file=sys.stderr)
         return EXIT_USER_ERROR
-    conversations = [json.loads(line)["messages"] for line in conv_file.read_text(encoding="utf-8").splitlines()]
-    if args.limit:
-        conversations = conversations[: args.limit]
+    records = [json.loads(line) for line in conv_file.read_text(encoding="utf-8").splitlines()]
+    records = [records[i] for i in ev.balanced_subset([r["file"] for r in records], args.limit)]
+    conversations = [r["messages"] for r in records]
+    rows = [tokenize_conversation(tokenizer, messages, cfg.data) for messages in conversations]
     prompts, references = [], []
     for messages in conversations:
         prompt_messages, reference = ev.split_prompt(messages)
@@ -74,9 +76,7 @@ def cmd_eval(args) -> int:
         references.append(reference)
 
     torch.manual_seed(cfg.train.seed)
-    collator = Collator(pad_token_id=tokenizer.pad_token_id, packing=cfg.data.packing,
-                        flash_varlen_kwargs=cfg.model.attn_implementation.startswith("flash"))
-    rows = data.eval if not args.limit else data.eval.select(range(min(len(data.eval), args.limit)))
+    collator = Collator(pad_token_id=tokenizer.pad_token_id, packing=False)  # one conversation per row
 
     def score(model, label: str):
         t0 = time.time()
@@ -154,7 +154,8 @@ def main(argv=None) -> int:
     e.add_argument("--adapter", help="LoRA adapter folder (default: the recipe's output_dir)")
     e.add_argument("--model", help="a full model folder to evaluate instead of base + adapter")
     e.add_argument("--base", action="store_true", help="also evaluate the base model (adapter disabled)")
-    e.add_argument("--limit", type=int, default=0, help="evaluate the first N held-out samples only")
+    e.add_argument("--limit", type=int, default=0,
+                   help="evaluate N held-out samples, taken evenly from each eval file (0 = all)")
     e.add_argument("--max-new-tokens", type=int, default=128)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("overrides", nargs="*")

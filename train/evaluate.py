@@ -135,21 +135,41 @@ def generate(model, tokenizer, prompts: List[str], max_new_tokens: int = 128, ba
 
 
 @torch.no_grad()
-def mean_token_loss(model, rows, collator, batch_size: int = 4) -> float:
-    """Label-token-weighted mean cross-entropy over prepared rows (packed or not)."""
+def mean_token_loss(model, rows: List[Dict[str, List[int]]], collator, batch_size: int = 8) -> float:
+    """Label-token-weighted mean cross-entropy over tokenised rows; logits only where a label follows."""
     total, count = 0.0, 0
+    was_training = model.training
     model.eval()
-    for start in range(0, len(rows), batch_size):
-        batch = collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        logits = model(**batch).logits.float()
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                                                 shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
-        total += loss.item()
-        count += int((shift_labels != -100).sum())
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = {k: v.to(model.device) for k, v in collator(rows[start:start + batch_size]).items()}
+            labels = batch.pop("labels")
+            targets = torch.full_like(labels, -100)
+            targets[:, :-1] = labels[:, 1:]
+            keep = targets != -100
+            logits = model(**batch, logits_to_keep=keep, use_cache=False).logits.float()
+            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[keep],
+                                                       reduction="sum").item()
+            count += int(keep.sum())
+    finally:
+        model.train(was_training)
     return total / max(count, 1)
+
+
+def balanced_subset(groups: Sequence[str], limit: int) -> List[int]:
+    """Indices of at most `limit` items taken round-robin across groups (e.g. eval files), keeping each group's order,
+    so a limited evaluation still covers every task."""
+    if not limit or limit >= len(groups):
+        return list(range(len(groups)))
+    queues: Dict[str, List[int]] = {}
+    for i, g in enumerate(groups):
+        queues.setdefault(g, []).append(i)
+    chosen: List[int] = []
+    while len(chosen) < limit:
+        for q in queues.values():
+            if q and len(chosen) < limit:
+                chosen.append(q.pop(0))
+    return sorted(chosen)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
