@@ -24,7 +24,7 @@ assets: install
 # Fine-tune SmolLM2-135M-Instruct with LoRA on the shipped Korean demo data (CPU), then compare base vs fine-tuned.
 demo: assets
 	HF_HUB_OFFLINE=1 $(PY) train/sft.py --config $(DEMO_RECIPE)
-	HF_HUB_OFFLINE=1 $(PY) -m launch eval --config $(DEMO_RECIPE) --base --limit 24 --max-new-tokens 56 --batch-size 12
+	HF_HUB_OFFLINE=1 $(PY) -m launch eval --config $(DEMO_RECIPE) --base --limit 20 --max-new-tokens 56 --batch-size 20
 
 test: assets
 	mkdir -p .cache/tmp
