@@ -131,7 +131,7 @@ def cmd_eval(args) -> int:
         del model
 
     meta = {"model": base_path, "adapter": None if (args.model or cfg.method == "full") else str(adapter),
-            "samples": len(prompts), "template": cfg.data.template}
+            "samples": len(prompts), "template": changes.get("template", cfg.data.template)}
     paths = ev.write_eval_report(Path(cfg.output_dir) / "eval", results, predictions, meta)
     print()
     print(ev.comparison_table(results))
