@@ -41,9 +41,12 @@ def test_score_keywords_and_dict_samples():
     assert good["is_stock_related_acc"] == 1.0 and good["positive_impact_stocks_f1"] == pytest.approx(2 / 3)
     assert good["field_accuracy"] == pytest.approx((1 + 2 / 3 + 1) / 3) == good["task_score"]
     wrong = ev.score_sample('{"is_stock_related": false, "summary": "날씨"}', ref)
-    assert wrong["is_stock_related_acc"] == 0.0 and wrong["task_score"] == pytest.approx(1 / 3)  # only the empty list
+    assert wrong["is_stock_related_acc"] == 0.0 and wrong["task_score"] == 0.0  # missing lists are wrong, not empty
+    partial = ev.score_sample('{"is_stock_related": true, "positive_impact_stocks": []}', ref)
+    assert partial["field_accuracy"] == pytest.approx(1 / 3)  # right flag; positive list wrong; negative missing
     unparsable = ev.score_sample('{"is_stock_related": tru', ref)
     assert unparsable["parsed"] == 0.0 and unparsable["task_score"] == 0.0
+    assert unparsable["field_accuracy"] == unparsable["negative_impact_stocks_f1"] == 0.0  # no credit for garbage
 
 
 def test_aggregate_and_table():

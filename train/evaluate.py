@@ -68,17 +68,17 @@ def score_sample(prediction: str, reference: str) -> Dict[str, Any]:
         fields = [k for k in ref if isinstance(ref[k], (bool, list))]
         per_field = []
         if "is_stock_related" in ref:
-            scores["is_stock_related_acc"] = float(pred.get("is_stock_related") == ref["is_stock_related"])
+            scores["is_stock_related_acc"] = float(ok and pred.get("is_stock_related") == ref["is_stock_related"])
         for key in fields:
             if isinstance(ref[key], list):
-                value = pred.get(key, [])
-                f1 = set_f1(value if isinstance(value, list) else [], ref[key])["f1"]
+                value = pred.get(key)  # a missing list is wrong, not empty; an unparsable answer scores 0 everywhere
+                f1 = set_f1(value, ref[key])["f1"] if isinstance(value, list) else 0.0
                 scores[f"{key}_f1"] = f1
                 per_field.append(f1)
             else:
-                per_field.append(float(pred.get(key) == ref[key]))
+                per_field.append(float(ok and pred.get(key) == ref[key]))
         scores["field_accuracy"] = sum(per_field) / len(per_field) if per_field else float(ok)
-        scores["task_score"] = scores["field_accuracy"] if ok else 0.0
+        scores["task_score"] = scores["field_accuracy"]
     else:
         scores["task"] = "text"
         scores["task_score"] = scores["exact_match"]
@@ -181,7 +181,7 @@ def improvement(base: float, tuned: float, lower_is_better: bool = False) -> str
     if base is None or tuned is None or (isinstance(base, float) and math.isnan(base)):
         return "n/a"
     if base == 0:
-        return "n/a" if tuned == 0 else "+inf"
+        return "n/a" if tuned == 0 else "up from 0"
     change = (base - tuned) / abs(base) if lower_is_better else (tuned - base) / abs(base)
     return f"{100 * change:+.1f}%"
 
