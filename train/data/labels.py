@@ -176,7 +176,7 @@ def tokenize_conversation(tokenizer, messages: List[dict], data: DataConfig) -> 
         labels = list(ids)
     if labels:
         labels[0] = IGNORE
-    if trained_assistant == 0 or all(x == IGNORE for x in labels):
+    if trained_assistant == 0 or labels.count(IGNORE) == len(labels):
         raise ValueError(f"no assistant token is labelled (data.train_on={data.train_on}); the sample would train on "
                          f"nothing. Check that the conversation has a non-empty assistant reply")
     return {"input_ids": ids, "labels": labels}

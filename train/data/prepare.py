@@ -6,6 +6,10 @@ rename), so a training process either finds a complete cache or none. `python -m
 before training; `train/sft.py` builds it itself when run as one process and, under several processes, lets rank 0
 build it while the others poll the file system — no collective is involved, so no rank hits a NCCL timeout waiting
 for another's tokenisation.
+
+Memory stays bounded as the corpus grows: records stream from the files into Arrow tables on disk, tokenisation is a
+batched map from one Arrow file to another, and packing works on the samples' lengths, then builds and writes the rows
+bin by bin. What stays in Python is O(number of samples) small values (see "Stages" below).
 """
 
 from __future__ import annotations
@@ -20,18 +24,23 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets.arrow_writer import ArrowWriter
 
 from train.config import Config, DataConfig, DataSource, to_dict
 from train.data.formats import RecordError, to_messages
 from train.data.labels import tokenize_conversation
-from train.data.packing import handle_overlong, pack_bfd, packed_rows, packing_stats
-from train.data.quality import (DataError, Rejects, exact_duplicates, length_percentiles, near_duplicates,
+from train.data.packing import IGNORE, handle_overlong, pack_bfd
+from train.data.quality import (DataError, Rejects, exact_duplicates, length_percentiles, near_duplicates, normalize,
                                  raise_or_count, split_train_eval)
 from train.data.report import write_report
 from train.data.sources import iter_raw_records, mix_indices, resolve_files
 
 COMPLETE = "COMPLETE"
-FINGERPRINT_VERSION = "1"
+FINGERPRINT_VERSION = "2"
+TRAIN_FILE, EVAL_FILE = "train.arrow", "eval.arrow"  # the rows, written once by _write_rows and memory-mapped
 
 
 @dataclass
@@ -87,12 +96,27 @@ def cache_path(cfg: Config, tokenizer) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Stages
+# Stages. Memory: every stage streams through Arrow files in the build's work folder (`<out>/_work`); what is held in
+# Python is O(number of samples) small values (lengths, digests, indices, bins), never the texts or token lists of the
+# whole corpus. The exception is data.dedup=near, which compares every text with every other and loads them all.
 # ----------------------------------------------------------------------------------------------------------------------
+
+TOKENIZE_BATCH = 64  # conversations per batch of the tokenising map (and per Arrow write)
+ROW_WRITE_TOKENS = 1 << 18  # token slots per Arrow write of rows and of overlong chunks (bounds one write's memory)
+
+
+def _key(messages: List[Dict[str, str]]) -> str:
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def _digest(messages: List[Dict[str, str]]) -> str:
+    """A conversation's identity for exact dedup and the train/eval split: a hash of its normalised text."""
+    return hashlib.blake2b(normalize(_key(messages)).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def _conversations(sources: List[DataSource], data: DataConfig, seed: int, rejects: Rejects) -> Iterator[Dict[str, Any]]:
-    """Every valid record of every source as {'messages', 'source', 'file', 'line'}; bad records raise or are counted."""
+    """Every valid record of every source as {'messages', 'digest', 'source', 'file', 'line', 'unit'}; bad records
+    raise or are counted."""
     for index, source in enumerate(sources):
         for raw in iter_raw_records(source, data.on_error, rejects):
             try:
@@ -100,76 +124,228 @@ def _conversations(sources: List[DataSource], data: DataConfig, seed: int, rejec
             except RecordError as e:
                 raise_or_count(e, raw.file, raw.line, data.on_error, rejects, unit=raw.unit)
                 continue
-            yield {"messages": messages, "source": index, "file": raw.file, "line": raw.line, "unit": raw.unit}
+            yield {"messages": messages, "digest": _digest(messages), "source": index, "file": raw.file,
+                   "line": raw.line, "unit": raw.unit}
 
 
-def _key(messages: List[Dict[str, str]]) -> str:
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+def _unwrap_generator_error(e: Exception) -> Exception:
+    """Our own DataError/RecordError raised inside a datasets generator, else `e` itself."""
+    cause = e.__cause__ or e.__context__
+    while cause is not None and not isinstance(cause, (DataError, RecordError)):
+        cause = cause.__cause__ or cause.__context__
+    return cause if cause is not None else e
+
+
+def _to_arrow(gen, features: datasets.Features, workdir: Path, name: str,
+              writer_batch_size: Optional[int] = None) -> datasets.Dataset:
+    """Write what `gen()` yields to an Arrow file in the work folder, batch by batch; an empty dataset when it yields
+    nothing (datasets itself refuses that). Our own DataError/RecordError raised inside `gen` comes out unwrapped."""
+    produced = [0]
+
+    def counted():
+        for example in gen():
+            produced[0] += 1
+            yield example
+
+    try:
+        batch = {"writer_batch_size": writer_batch_size} if writer_batch_size else {}
+        return datasets.Dataset.from_generator(counted, features=features, cache_dir=str(workdir / "hf"),
+                                               fingerprint=f"{name}-{time.time_ns()}", **batch)
+    except datasets.exceptions.DatasetGenerationError as e:  # unwrap our own errors raised inside the generator
+        raise _unwrap_generator_error(e) from None
+    except ValueError:
+        if produced[0]:
+            raise
+        return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+
+
+CONVERSATION_FEATURES = datasets.Features({
+    "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+    "digest": datasets.Value("string"), "source": datasets.Value("int32"), "file": datasets.Value("string"),
+    "line": datasets.Value("int64"), "unit": datasets.Value("string"),
+})
+TOKEN_LISTS = {"input_ids": datasets.Sequence(datasets.Value("int32")),
+               "labels": datasets.Sequence(datasets.Value("int32"))}
 
 
 def _read_all(sources: List[DataSource], data: DataConfig, seed: int, rejects: Rejects, workdir: Path,
               name: str) -> datasets.Dataset:
     """Stream the conversations into an on-disk Arrow table (memory stays bounded as the corpus grows)."""
-    def gen(_name):
-        yield from _conversations(sources, data, seed, rejects)
-
-    features = datasets.Features({
-        "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
-        "source": datasets.Value("int32"), "file": datasets.Value("string"), "line": datasets.Value("int64"),
-        "unit": datasets.Value("string"),
-    })
-    try:
-        return datasets.Dataset.from_generator(gen, features=features, cache_dir=str(workdir / "hf"),
-                                               gen_kwargs={"_name": f"{name}-{time.time_ns()}"})
-    except datasets.exceptions.DatasetGenerationError as e:  # unwrap our own errors raised inside the generator
-        cause = e.__cause__ or e.__context__
-        while cause is not None and not isinstance(cause, (DataError, RecordError)):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        raise
+    return _to_arrow(lambda: _conversations(sources, data, seed, rejects), CONVERSATION_FEATURES, workdir,
+                     f"conversations-{name}")
 
 
-def _tokenize(dataset: datasets.Dataset, tokenizer, data: DataConfig, rejects: Rejects) -> datasets.Dataset:
-    def fn(example):
-        try:
-            out = tokenize_conversation(tokenizer, example["messages"], data)
-            return {"input_ids": out["input_ids"], "labels": out["labels"], "error": ""}
-        except ValueError as e:
-            return {"input_ids": [], "labels": [], "error": str(e)}
+def _column(dataset: datasets.Dataset, name: str) -> np.ndarray:
+    """One scalar column as a numpy array, in the dataset's row order (reads only that column)."""
+    return dataset.select_columns([name]).with_format("arrow")[:].column(name).to_numpy(zero_copy_only=False)
 
-    tokenized = dataset.map(fn, num_proc=data.num_proc if data.num_proc > 1 else None, desc="template + labels")
-    errors = [i for i, e in enumerate(tokenized["error"]) if e]
-    for i in errors:
+
+def _tokenize(dataset: datasets.Dataset, tokenizer, data: DataConfig, rejects: Rejects, name: str) -> datasets.Dataset:
+    """Template + assistant-only labels for every conversation, in batches written to Arrow; adds `length` (tokens).
+    A conversation with no trainable token raises or is counted (data.on_error) and is left out."""
+    def fn(batch):
+        out: Dict[str, list] = {"input_ids": [], "labels": [], "length": [], "error": []}
+        for messages in batch["messages"]:
+            try:
+                sample, error = tokenize_conversation(tokenizer, messages, data), ""
+            except ValueError as e:
+                sample, error = {"input_ids": [], "labels": []}, str(e)
+            out["input_ids"].append(sample["input_ids"])
+            out["labels"].append(sample["labels"])
+            out["length"].append(len(sample["input_ids"]))
+            out["error"].append(error)
+        return out
+
+    features = datasets.Features({**TOKEN_LISTS, "length": datasets.Value("int32"), "error": datasets.Value("string"),
+                                  **{k: v for k, v in CONVERSATION_FEATURES.items() if k != "messages"}})
+    # new_fingerprint: our cache already has a fingerprint; without it datasets hashes the tokenizer (seconds).
+    tokenized = dataset.map(fn, batched=True, batch_size=TOKENIZE_BATCH, writer_batch_size=TOKENIZE_BATCH,
+                            remove_columns=["messages"], features=features,
+                            num_proc=data.num_proc if data.num_proc > 1 else None,
+                            new_fingerprint=f"tokenized-{name}-{time.time_ns()}", desc="template + labels")
+    errors = np.flatnonzero(_column(tokenized, "error") != "")
+    for i in errors.tolist():
         row = tokenized[i]
         err = RecordError("no_trainable_tokens", row["error"], field="messages",
                           hint="Check the conversation has a non-empty assistant turn, or set data.on_error=skip")
         raise_or_count(err, row["file"], row["line"], data.on_error, rejects, unit=row["unit"])
-    if errors:
-        keep = sorted(set(range(len(tokenized))) - set(errors))
-        tokenized = tokenized.select(keep)
-    return tokenized.remove_columns(["error", "messages"])
+    if len(errors):
+        keep = np.ones(len(tokenized), dtype=bool)
+        keep[errors] = False
+        tokenized = tokenized.select(np.flatnonzero(keep))
+    return tokenized.remove_columns(["error"])
 
 
-def _rows(samples: datasets.Dataset, data: DataConfig, seed: int, workdir: Path, name: str):
-    """Overlong handling, then packing (or one sample per row). Returns (rows dataset, counts)."""
-    lengths = [len(x) for x in samples["input_ids"]]
-    counts: Dict[str, Any] = {"samples": len(lengths)}
-    overlong_idx = [i for i, n in enumerate(lengths) if n > data.max_length]
-    fitting = samples.select([i for i, n in enumerate(lengths) if n <= data.max_length])
-    overlong = samples.select(overlong_idx)
-    extra, overlong_counts = handle_overlong([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in overlong],
-                                             data.max_length, data.overlong)
-    counts["overlong"] = overlong_counts
-    items = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in fitting.select_columns(["input_ids", "labels"])]
-    items.extend(extra)
-    if data.packing:
-        bins = pack_bfd([len(x["input_ids"]) for x in items], data.max_length)
-        rows = packed_rows(items, bins)
-    else:
-        rows = [{"input_ids": x["input_ids"], "labels": x["labels"]} for x in items]
-    counts["packing"] = packing_stats(rows, data.max_length)
-    return datasets.Dataset.from_list(rows), counts
+def _sample(samples: datasets.Dataset, i: int) -> Dict[str, List[int]]:
+    row = samples[int(i)]
+    return {"input_ids": row["input_ids"], "labels": row["labels"]}
+
+
+def _split_overlong(samples: datasets.Dataset, overlong: List[int], data: DataConfig, workdir: Path, name: str):
+    """`handle_overlong` on the overlong samples, one at a time; the chunks they become are written to an Arrow file.
+    Returns (chunks dataset, counts)."""
+    _, counts = handle_overlong([], data.max_length, data.overlong)  # zero counts; checks the mode and max_length
+
+    def gen():
+        for i in overlong:
+            chunks, one = handle_overlong([_sample(samples, i)], data.max_length, data.overlong)
+            for key, value in one.items():
+                counts[key] += value
+            yield from chunks
+
+    chunks = _to_arrow(gen, datasets.Features(TOKEN_LISTS), workdir, f"chunks-{name}",
+                       writer_batch_size=max(1, ROW_WRITE_TOKENS // data.max_length))
+    return chunks, counts
+
+
+def _rows(samples: datasets.Dataset, data: DataConfig, workdir: Path, name: str, path: Optional[Path] = None):
+    """Overlong handling, then packing (or one sample per row), streamed into the Arrow file `path` (default: in the
+    work folder): returns (rows dataset, counts).
+
+    Only lengths and indices are held in memory: overlong samples are split or dropped one at a time into an Arrow
+    file of chunks (`_split_overlong`); best-fit-decreasing packing (`pack_bfd`) works on the lengths of the samples
+    that fit and of the chunks; the rows are then assembled a group of bins at a time from the Arrow files and
+    written to Arrow (`_write_rows`)."""
+    samples = samples.select_columns(["input_ids", "labels"]).with_format(None)
+    lengths = _lengths(samples)
+    fitting = np.flatnonzero(lengths <= data.max_length)
+    chunks, overlong_counts = _split_overlong(samples, np.flatnonzero(lengths > data.max_length).tolist(), data,
+                                              workdir, name)
+    # items: the samples that fit, then the chunks; an item is (source, row): source 0 = samples, 1 = chunks
+    item_source = np.concatenate([np.zeros(len(fitting), np.int8), np.ones(len(chunks), np.int8)])
+    item_row = np.concatenate([fitting, np.arange(len(chunks))]).astype(np.int64)
+    item_length = lengths[fitting].tolist() + _lengths(chunks).tolist()
+    del lengths, fitting
+    bins = pack_bfd(item_length, data.max_length) if data.packing else [[k] for k in range(len(item_length))]
+    del item_length
+    path = path or workdir / f"rows-{name}.arrow"
+    rows = _write_rows((samples, chunks), item_source, item_row, bins, data.packing, data.max_length, path)
+    counts = {"samples": len(samples), "overlong": overlong_counts, "packing": row_stats(rows, data.max_length)}
+    return rows, counts
+
+
+def _write_rows(sources, item_source: np.ndarray, item_row: np.ndarray, bins: List[List[int]], packing: bool,
+                max_length: int, path: Path) -> datasets.Dataset:
+    """Write one row per bin to the Arrow file `path`, ROW_WRITE_TOKENS token slots at a time, and open it.
+
+    A packed row is exactly `packing.packed_rows` of its bin (tests/test_prepare_scale.py checks it): the members'
+    input_ids and labels concatenated in bin order, each member's first label set to -100, position_ids restarting at
+    0 for each member. Unpacked rows are the samples as they are. The token lists are gathered and concatenated with
+    pyarrow and numpy (no Python list per token), so a group of rows costs one vectorised pass."""
+    columns = ["input_ids", "labels"] + (["position_ids"] if packing else [])
+    features = datasets.Features({c: datasets.Sequence(datasets.Value("int32")) for c in columns})
+    tables = [source.with_format("arrow") for source in sources]
+    per_write = max(1, ROW_WRITE_TOKENS // max_length)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = ArrowWriter(features=features, path=str(path))
+    for first in range(0, len(bins), per_write):
+        group = bins[first:first + per_write]
+        members = np.fromiter((k for b in group for k in b), dtype=np.int64)
+        row_sizes = np.fromiter((len(b) for b in group), dtype=np.int64, count=len(group))
+        ids, labels, lengths = _gather(tables, item_source[members], item_row[members])
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)  # each member's first token
+        if packing:
+            labels[starts] = IGNORE
+        member_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        row_offsets = pa.array(member_offsets[np.concatenate([[0], np.cumsum(row_sizes)])], pa.int32())
+        out = {"input_ids": ids, "labels": labels}
+        if packing:
+            out["position_ids"] = (np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)).astype(np.int32)
+        writer.write_table(pa.table({c: pa.ListArray.from_arrays(row_offsets, pa.array(out[c], pa.int32()))
+                                     for c in columns}))
+    writer.finalize()
+    return datasets.Dataset.from_file(str(path))
+
+
+def _gather(tables, source: np.ndarray, row: np.ndarray):
+    """input_ids and labels of the items (source[i], row[i]), concatenated in item order, and the items' lengths."""
+    n = len(row)
+    item_start, item_length = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    flat_ids, flat_labels, base = [], [], 0
+    for s, table in enumerate(tables):
+        where = np.flatnonzero(source == s)
+        if not len(where):
+            continue
+        taken = table[row[where].tolist()]  # a pyarrow Table of those rows, in that order
+        ids = taken.column("input_ids").combine_chunks()
+        offsets = ids.offsets.to_numpy().astype(np.int64)
+        item_start[where] = base + offsets[:-1] - offsets[0]
+        item_length[where] = np.diff(offsets)
+        flat_ids.append(ids.flatten().to_numpy())
+        flat_labels.append(taken.column("labels").combine_chunks().flatten().to_numpy())
+        base += int(offsets[-1] - offsets[0])
+    order = np.repeat(item_start, item_length) + _ranges(item_length)  # flat positions of the items' tokens, in order
+    return (np.concatenate(flat_ids).astype(np.int32)[order], np.concatenate(flat_labels).astype(np.int32)[order],
+            item_length)
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """[0..c0-1, 0..c1-1, ...] for counts [c0, c1, ...]."""
+    total = int(counts.sum())
+    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def _lengths(samples: datasets.Dataset) -> np.ndarray:
+    """Token count of every sample, read with pyarrow (list lengths; the token lists are not converted)."""
+    table = samples.select_columns(["input_ids"]).with_format("arrow")[:]
+    return pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def row_stats(rows: datasets.Dataset, max_length: int) -> Dict[str, Any]:
+    """`packing.packing_stats` of an on-disk dataset, counted with pyarrow one record batch at a time (the rows are
+    never loaded as Python lists). Same keys and rounding."""
+    table = rows.data.table if rows._indices is None else rows.flatten_indices().data.table  # noqa: SLF001
+    tokens = label_tokens = 0
+    for batch in table.to_batches():
+        tokens += int(pc.sum(pc.list_value_length(batch.column("input_ids"))).as_py() or 0)
+        flat = pc.list_flatten(batch.column("labels"))
+        label_tokens += int(pc.sum(pc.not_equal(flat, IGNORE).cast("int64")).as_py() or 0)
+    n_rows = len(rows)
+    slots = n_rows * max_length
+    efficiency = tokens / slots if slots else 0.0
+    return {"rows": n_rows, "tokens": tokens, "label_tokens": label_tokens, "max_length": max_length,
+            "packing_efficiency": round(efficiency, 6),
+            "padding_fraction": round(1.0 - efficiency, 6) if slots else 0.0}
 
 
 def build(cfg: Config, tokenizer, out: Path) -> Dict[str, Any]:
@@ -180,26 +356,26 @@ def build(cfg: Config, tokenizer, out: Path) -> Dict[str, Any]:
     t0 = time.time()
 
     conversations = _read_all(cfg.data.sources, data, seed, rejects, workdir, "train")
-    per_source = {i: 0 for i in range(len(cfg.data.sources))}
-    for s in conversations["source"]:
-        per_source[s] += 1
     if len(conversations) == 0:
         raise DataError("no_records", f"no usable records in data.sources ({', '.join(s.path for s in cfg.data.sources)}); "
                         f"rejected by reason: {rejects.by_reason() or 'none'}",
                         "Check the paths and formats, or run `python -m launch prepare` and read data_report.md")
+    per_source = np.bincount(_column(conversations, "source"), minlength=len(cfg.data.sources)).tolist()
 
-    keys = [_key(m) for m in conversations["messages"]]
-    dups = exact_duplicates(keys)
+    digests = _column(conversations, "digest").tolist()  # 32 characters per record, not the texts
+    dups = exact_duplicates(digests)
     n_exact = sum(dups)
     n_near = 0
-    if data.dedup == "near":
+    if data.dedup == "near":  # compares texts: the one stage that holds every text in memory
+        keys = [_key(m) for m in conversations["messages"]]
         near = near_duplicates(keys, data.near_dup_threshold, seed=seed)
+        del keys
         n_near = sum(1 for d, n in zip(dups, near) if n and not d)
         dups = [d or n for d, n in zip(dups, near)]
     if data.dedup != "none":
         keep = [i for i, d in enumerate(dups) if not d]
         conversations = conversations.select(keep)
-        keys = [keys[i] for i in keep]
+        digests = [digests[i] for i in keep]
     else:
         n_exact = 0
 
@@ -207,40 +383,43 @@ def build(cfg: Config, tokenizer, out: Path) -> Dict[str, Any]:
         train_conv = conversations
         eval_conv = _read_all(cfg.data.eval_sources, data, seed, rejects, workdir, "eval")
     elif data.validation_split > 0:
-        train_idx, eval_idx = split_train_eval(keys, data.validation_split, seed)
+        train_idx, eval_idx = split_train_eval(digests, data.validation_split, seed)
         eval_idx = eval_idx[: data.max_eval_samples]
         train_conv, eval_conv = conversations.select(train_idx), conversations.select(eval_idx)
     else:
         train_conv, eval_conv = conversations, None
+    del digests
 
     # weighted mixture of sources (training split only)
     weights = [s.weight for s in cfg.data.sources]
     if any(w != 1.0 for w in weights):
         by_source: Dict[int, List[int]] = {i: [] for i in range(len(weights))}
-        for row, s in enumerate(train_conv["source"]):
+        for row, s in enumerate(_column(train_conv, "source").tolist()):
             by_source[s].append(row)
         pairs = mix_indices([len(by_source[i]) for i in range(len(weights))], weights, seed)
         train_conv = train_conv.select([by_source[s][r] for s, r in pairs])
 
-    train_tok = _tokenize(train_conv, tokenizer, data, rejects)
+    train_tok = _tokenize(train_conv, tokenizer, data, rejects, "train")
     if len(train_tok) == 0:
         raise DataError("no_records", f"every training record was rejected: {rejects.by_reason()}",
                         "Read data_report.md for examples of each reason")
-    lengths = [len(x) for x in train_tok["input_ids"]]
-    train_rows, train_counts = _rows(train_tok, data, seed, workdir, "train")
+    lengths = _column(train_tok, "length").astype(np.int64)
+    train_rows, train_counts = _rows(train_tok, data, workdir, "train", out / TRAIN_FILE)
+    if len(train_rows) == 0:
+        o = train_counts["overlong"]
+        raise DataError("no_rows", f"no training row is left: all {o['overlong']} samples are longer than "
+                        f"data.max_length={data.max_length} and data.overlong={data.overlong} dropped them "
+                        f"({o['chunks_without_labels']} chunks had no assistant token)",
+                        "Raise data.max_length, or set data.overlong=split")
     eval_rows, eval_counts = None, None
     if eval_conv is not None and len(eval_conv):
-        eval_tok = _tokenize(eval_conv, tokenizer, data, rejects)
-        eval_rows, eval_counts = _rows(eval_tok, data, seed, workdir, "eval")
+        eval_tok = _tokenize(eval_conv, tokenizer, data, rejects, "eval")
+        eval_rows, eval_counts = _rows(eval_tok, data, workdir, "eval", out / EVAL_FILE)
         eval_conv.select_columns(["messages", "source", "file", "line"]).to_json(
             str(out / "eval_conversations.jsonl"), force_ascii=False)
 
-    train_rows.save_to_disk(str(out / "train"))
-    if eval_rows is not None:
-        eval_rows.save_to_disk(str(out / "eval"))
-
     token_lengths = length_percentiles(lengths)
-    token_lengths.update(max_length=data.max_length, over_max_length=sum(1 for n in lengths if n > data.max_length))
+    token_lengths.update(max_length=data.max_length, over_max_length=int((lengths > data.max_length).sum()))
     report = {
         "sources": [{"path": s.path, "format": s.format, "weight": s.weight, "records": per_source[i]}
                     for i, s in enumerate(cfg.data.sources)],
@@ -257,7 +436,8 @@ def build(cfg: Config, tokenizer, out: Path) -> Dict[str, Any]:
         "seconds": round(time.time() - t0, 2),
     }
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
-    (out / "lengths.json").write_text(json.dumps(lengths))
+    (out / "lengths.json").write_text(json.dumps(lengths.tolist()))
+    del train_rows, eval_rows, train_tok, conversations, train_conv, eval_conv
     shutil.rmtree(workdir, ignore_errors=True)
     return report
 
@@ -286,8 +466,8 @@ def load_or_build(cfg: Config, tokenizer, is_main: bool = True, wait_timeout_s: 
                                     "Run `python -m launch prepare --config <recipe>` before launching")
                 time.sleep(2)
     report = json.loads((path / "report.json").read_text(encoding="utf-8"))
-    train = datasets.load_from_disk(str(path / "train"))
-    eval_ds = datasets.load_from_disk(str(path / "eval")) if (path / "eval").exists() else None
+    train = datasets.Dataset.from_file(str(path / TRAIN_FILE))  # memory-mapped, not loaded
+    eval_ds = datasets.Dataset.from_file(str(path / EVAL_FILE)) if (path / EVAL_FILE).exists() else None
     return PreparedData(train=train, eval=eval_ds, report=report, path=path)
 
 
