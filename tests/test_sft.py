@@ -88,12 +88,13 @@ def test_one_process_cli_run_writes_everything(recipe, tmp_path):
 
 def test_two_process_ddp_losses_equal_one_process(recipe, tmp_path):
     """Global batch 4: one process with 4 rows per step vs two processes with 2 each; same rows, same losses."""
+    evals = ["data.validation_split=0.2", "train.eval_steps=2"]  # evaluation is collective: every rank must join
     single = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), "train.per_device_batch_size=4",
-                      f"output_dir={tmp_path / 'single'}"])
+                      f"output_dir={tmp_path / 'single'}", *evals])
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = run_cli([sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_ddp.yaml",
                    "train/sft.py", "--config", str(recipe), "train.per_device_batch_size=2",
-                   f"output_dir={tmp_path / 'ddp'}"], env_extra={"ACCELERATE_USE_CPU": "1"})
+                   f"output_dir={tmp_path / 'ddp'}", *evals], env_extra={"ACCELERATE_USE_CPU": "1"})
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     log = ddp.stdout + ddp.stderr
     assert "[rank 0] world_size=2" in log and "[rank 1] world_size=2" in log
@@ -101,6 +102,9 @@ def test_two_process_ddp_losses_equal_one_process(recipe, tmp_path):
     one, two = losses(tmp_path / "single"), losses(tmp_path / "ddp")
     assert len(one) == len(two) == 4
     assert one == pytest.approx(two, abs=1e-5), (one, two)
+    eval_one = json.loads((tmp_path / "single" / "train_results.json").read_text())["eval_loss"]
+    eval_two = json.loads((tmp_path / "ddp" / "train_results.json").read_text())["eval_loss"]
+    assert eval_one == pytest.approx(eval_two, abs=1e-4)
 
 
 def test_gradient_accumulation_loss_equals_large_batch_loss(recipe, tmp_path):

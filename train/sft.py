@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
 
 def train_sft(cfg, command=None):
-    """Run steps 2-6 for a loaded config; returns (trainer, tokenizer, prepared data, metrics)."""
+    """Run steps 2-6 for a loaded config; returns (trainer, tokenizer, prepared data, the Trainer's TrainOutput)."""
     from train.config import save_config
 
     rank, local_rank, world_size = distributed_env()
@@ -125,13 +125,13 @@ def train_sft(cfg, command=None):
 
     # 5. Save: adapter or full weights (safetensors; ZeRO-3 weights gathered by the Trainer), tokenizer, optional merge.
     trainer.save_model(cfg.output_dir)
+    metrics = {"train_loss": result.training_loss, "steps": result.global_step,
+               "train_runtime_s": round(time.time() - started, 1), "world_size": args_tr.world_size,
+               "trainable_parameters": trainable, "total_parameters": total}
+    if data.eval is not None and cfg.train.eval_steps:
+        metrics.update(trainer.evaluate())  # collective under DDP/ZeRO: every rank takes part
     if is_main:
         tokenizer.save_pretrained(cfg.output_dir)
-        metrics = {"train_loss": result.training_loss, "steps": result.global_step,
-                   "train_runtime_s": round(time.time() - started, 1), "world_size": args_tr.world_size,
-                   "trainable_parameters": trainable, "total_parameters": total}
-        if data.eval is not None and cfg.train.eval_steps:
-            metrics.update(trainer.evaluate())
         (out / "train_results.json").write_text(json.dumps(metrics, indent=2))
         if cfg.save.merged and cfg.method in ("lora", "qlora"):
             from train.model import merge_adapter
