@@ -34,10 +34,13 @@ def distributed_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def setup_tracking(cfg) -> None:
-    """W&B through the Trainer's integration; the run id is kept in output_dir so a resumed run continues it."""
+def setup_tracking(cfg, is_main: bool) -> None:
+    """W&B through the Trainer's integration (it logs from the main process only); the run id is kept in output_dir
+    so a resumed or requeued run continues the same W&B run."""
     if cfg.tracking.wandb_mode == "disabled":
         os.environ["WANDB_DISABLED"] = "true"
+        return
+    if not is_main:  # the other ranks never create a W&B run
         return
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,7 @@ def train_sft(cfg, command=None):
 
     # 3. Model: full weights, or LoRA adapters on a 16/32-bit or 4-bit base.
     resume_from = resume_checkpoint(cfg)
-    setup_tracking(cfg)
+    setup_tracking(cfg, is_main)
     model = load_model(cfg, tokenizer)
     trainable, total = count_parameters(model)
     print(f"[rank {rank}] parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
