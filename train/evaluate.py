@@ -136,21 +136,18 @@ def generate(model, tokenizer, prompts: List[str], max_new_tokens: int = 128, ba
 
 @torch.no_grad()
 def mean_token_loss(model, rows: List[Dict[str, List[int]]], collator, batch_size: int = 8) -> float:
-    """Label-token-weighted mean cross-entropy over tokenised rows; logits only where a label follows."""
+    """Label-token-weighted mean cross-entropy over tokenised rows (the training loss, logits only where a label
+    follows)."""
+    from train.trainer import label_only_loss
+
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(rows), batch_size):
             batch = {k: v.to(model.device) for k, v in collator(rows[start:start + batch_size]).items()}
-            labels = batch.pop("labels")
-            targets = torch.full_like(labels, -100)
-            targets[:, :-1] = labels[:, 1:]
-            keep = targets != -100
-            logits = model(**batch, logits_to_keep=keep, use_cache=False).logits.float()
-            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[keep],
-                                                       reduction="sum").item()
-            count += int(keep.sum())
+            total += label_only_loss(model, batch, 1).item()  # divided by 1: the summed token loss
+            count += int((batch["labels"][:, 1:] != -100).sum())
     finally:
         model.train(was_training)
     return total / max(count, 1)
