@@ -79,9 +79,9 @@ def fingerprint(cfg: Config, tokenizer) -> str:
         data.pop(key)
     files = []
     for src in list(cfg.data.sources) + list(cfg.data.eval_sources):
-        for f in resolve_files(src.path):
-            files.append((str(f), _file_digest(f)))
-        if not resolve_files(src.path):
+        resolved = resolve_files(src.path)
+        files.extend((str(f), _file_digest(f)) for f in resolved)
+        if not resolved:
             files.append((src.path, src.split))  # hub dataset id: named, not hashed
     code = hashlib.sha256()
     for f in sorted(Path(__file__).parent.glob("*.py")):
