@@ -3,6 +3,8 @@
     python -m launch prepare --config R [key=value ...]        prepare + cache the dataset, write data_report.*
     python -m launch eval --config R [--adapter DIR | --model DIR] [--base] [--limit N] [key=value ...]
                                                                base vs fine-tuned on the held-out split
+    python -m launch run --config R [--accelerate NAME] [--gpus N] [--dry-run] [key=value ...]
+                                                               choose the accelerate config, print the command, train
 
 This side never joins a process group.
 """
@@ -160,6 +162,10 @@ def main(argv=None) -> int:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("overrides", nargs="*")
     e.set_defaults(func=cmd_eval)
+
+    from launch.run import add_parser as add_run_parser
+
+    add_run_parser(sub)
 
     args = parser.parse_args(argv)
     from train.config import ConfigError

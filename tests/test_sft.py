@@ -13,20 +13,12 @@ import pytest
 import torch
 import yaml
 
-from tests.tiny_model import build_tiny_model_dir
+from tests.tiny_model import build_tiny_model_dir, write_conversations
 from train.config import load_config
 from train.trainer import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-CONVERSATIONS = [
-    ("다음 문장에서 의약품 키워드를 추출하세요.\n\n진통과 해열 효과가 있는 파스형 의약품입니다.", '["진통", "해열", "파스"]'),
-    ("한국의 수도는 어디인가요?", "한국의 수도는 서울입니다."),
-    ("삼성전자가 새 반도체 공장을 짓습니다. 관련 종목은?", '{"is_stock_related": true, "positive_impact_stocks": ["삼성전자"]}'),
-    ("The cat is on the mat. Repeat it.", "The cat is on the mat."),
-]
-
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
@@ -36,13 +28,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture()
 def recipe(tmp_path, tiny_model):
     """A recipe on the tiny model and 32 short Korean/English conversations (distinct, so dedup keeps them all)."""
-    data = tmp_path / "train.jsonl"
-    with open(data, "w", encoding="utf-8") as f:
-        for i in range(32):
-            user, answer = CONVERSATIONS[i % len(CONVERSATIONS)]
-            messages = [{"role": "system", "content": f"당신은 도우미 {i}번입니다."},
-                        {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    data = write_conversations(tmp_path / "train.jsonl")
     cfg = {
         "model": {"name_or_path": str(tiny_model), "dtype": "float32"},
         "method": "lora",

@@ -23,6 +23,27 @@ CORPUS = [
 ]
 
 
+CONVERSATIONS = [
+    ("다음 문장에서 의약품 키워드를 추출하세요.\n\n진통과 해열 효과가 있는 파스형 의약품입니다.", '["진통", "해열", "파스"]'),
+    ("한국의 수도는 어디인가요?", "한국의 수도는 서울입니다."),
+    ("삼성전자가 새 반도체 공장을 짓습니다. 관련 종목은?", '{"is_stock_related": true, "positive_impact_stocks": ["삼성전자"]}'),
+    ("The cat is on the mat. Repeat it.", "The cat is on the mat."),
+]
+
+
+def write_conversations(path: str | Path, n: int = 32) -> Path:
+    """n short Korean/English `messages` records, distinct (numbered system prompts) so dedup keeps them all."""
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            user, answer = CONVERSATIONS[i % len(CONVERSATIONS)]
+            messages = [{"role": "system", "content": f"당신은 도우미 {i}번입니다."},
+                        {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
 def build_tokenizer(vocab_size: int = 600):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -34,9 +34,13 @@ def quantization_config(cfg: Config) -> Optional[BitsAndBytesConfig]:
 
 
 def load_base_model(cfg: Config, device_map=None) -> PreTrainedModel:
+    from transformers.integrations import is_deepspeed_zero3_enabled, is_fsdp_enabled
+
     quant = quantization_config(cfg)
-    if quant is not None and device_map is None:
-        # bitsandbytes quantises while loading onto the device; one device per process (DDP) or the CPU.
+    sharded = is_deepspeed_zero3_enabled() or is_fsdp_enabled()
+    if quant is not None and device_map is None and not sharded:
+        # bitsandbytes quantises while loading onto the device; one device per process (DDP) or the CPU. Under
+        # ZeRO-3 / FSDP no device_map: they place and shard the (float-stored) 4-bit weights themselves.
         device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
     return AutoModelForCausalLM.from_pretrained(
         cfg.model.name_or_path,
@@ -52,7 +56,8 @@ def load_base_model(cfg: Config, device_map=None) -> PreTrainedModel:
 
 def resize_for_tokenizer(model: PreTrainedModel, tokenizer) -> int:
     """Grow the embeddings for added tokens; new rows start at the mean of the old ones. Returns rows added."""
-    old = model.get_input_embeddings().weight.shape[0]
+    weight = model.get_input_embeddings().weight
+    old = weight.ds_shape[0] if hasattr(weight, "ds_shape") else weight.shape[0]  # ZeRO-3: the local shape is empty
     if len(tokenizer) <= old:
         return 0
     model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -101,6 +106,11 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total
+
+
+def local_parameter_count(model: torch.nn.Module) -> int:
+    """Parameter elements this process holds: all of them, or under ZeRO-3 its partition (`ds_tensor`)."""
+    return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
 
 
 def merge_adapter(base_name_or_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16",

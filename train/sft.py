@@ -20,6 +20,8 @@ if __package__ in (None, ""):  # run as a script: make `train` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3  # the loss became NaN/inf; the last good checkpoint is kept
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving a checkpoint; requeue and it resumes
 
 
 def parse_args(argv=None):
@@ -63,7 +65,11 @@ def main(argv=None) -> int:
     from train.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    train_sft(cfg, command=["train/sft.py", "--config", args.config, *args.overrides])
+    trainer = train_sft(cfg, command=["train/sft.py", "--config", args.config, *args.overrides])[0]
+    if trainer.preempted:
+        print(f"stopped by {trainer.preempted} after saving checkpoint-{trainer.state.global_step}; run the same "
+              f"command again (train.resume=auto) to continue. Exit code {EXIT_PREEMPTED}.", flush=True)
+        return EXIT_PREEMPTED
     return 0
 
 
@@ -84,8 +90,9 @@ def train_sft(cfg, command=None):
     from train.data.packing import Collator
     from train.data.prepare import load_or_build, write_reports
     from train.data.templates import setup_tokenizer
-    from train.model import count_parameters, load_model, load_tokenizer
-    from train.trainer import MetricsFileCallback, SFTTrainer, resume_checkpoint, training_arguments
+    from train.model import count_parameters, load_model, load_tokenizer, local_parameter_count
+    from train.trainer import (MetricsFileCallback, SFTTrainer, StopRequest, discard_incomplete_checkpoints,
+                               resume_checkpoint, training_arguments)
 
     transformers.set_seed(cfg.train.seed)
 
@@ -99,16 +106,25 @@ def train_sft(cfg, command=None):
         print(f"data: {len(data.train)} training rows from {data.report['split']['train']} conversations, "
               f"packing efficiency {packing.get('packing_efficiency', 0):.3f}, cache {data.path}", flush=True)
 
-    # 3. Model: full weights, or LoRA adapters on a 16/32-bit or 4-bit base.
+    # Resume from the newest complete checkpoint (a kill during a save leaves an incomplete one: it is discarded).
+    if is_main and cfg.train.resume == "auto":
+        for broken in discard_incomplete_checkpoints(out):
+            print(f"removed {broken}: it was never completely written (the run was killed while saving it)", flush=True)
     resume_from = resume_checkpoint(cfg)
+    print(f"[rank {rank}] resume from {resume_from or 'the start'}", flush=True)
+    StopRequest.install()  # SIGTERM / SIGUSR1: finish the step, save, exit 75
+
+    # 3. Model: full weights, or LoRA adapters on a 16/32-bit or 4-bit base. The TrainingArguments come first: under
+    #    ZeRO-3 they switch on zero.Init, so each rank loads only its shard instead of the whole model.
     setup_tracking(cfg, is_main)
+    args_tr = training_arguments(cfg)
     model = load_model(cfg, tokenizer)
     trainable, total = count_parameters(model)
-    print(f"[rank {rank}] parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
-          flush=True)
+    held = local_parameter_count(model)
+    print(f"[rank {rank}] parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%); "
+          f"this rank holds {held:,} ({100 * held / max(total, 1):.1f}%)", flush=True)
 
     # 4. Trainer: the HF loop with our collator (packed rows, position_ids restart per sample) and token accounting.
-    args_tr = training_arguments(cfg)
     trainer = SFTTrainer(
         model=model,
         args=args_tr,
@@ -120,13 +136,18 @@ def train_sft(cfg, command=None):
         callbacks=[MetricsFileCallback(cfg.output_dir)],
         pad_token_id=tokenizer.pad_token_id,
         data_stats={"packing_efficiency": data.report["packing"].get("packing_efficiency", 0.0)},
+        keep_checkpoints=cfg.train.save_total_limit,
     )
     print(f"[rank {rank}] world_size={args_tr.world_size} process_index={args_tr.process_index} "
-          f"device={args_tr.device} strategy={_strategy(trainer)}", flush=True)
+          f"device={args_tr.device} strategy={_strategy(trainer)} collective_timeout={args_tr.ddp_timeout}s", flush=True)
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.preempted:  # a checkpoint was saved; the final save, evaluation and card wait for the resumed run
+        return trainer, tokenizer, data, result
 
     # 5. Save: adapter or full weights (safetensors; ZeRO-3 weights gathered by the Trainer), tokenizer, optional merge.
+    if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final weights are gathered into one loadable file
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(cfg.output_dir)
     metrics = {"train_loss": result.training_loss, "steps": result.global_step,
                "train_runtime_s": round(time.time() - started, 1), "world_size": args_tr.world_size,
@@ -165,12 +186,16 @@ def run(argv=None) -> int:
 
     from train.data.quality import DataError
     from train.data.templates import TemplateError
+    from train.trainer import TrainingDiverged
 
     try:
         return main(argv)
-    except (ConfigError, DataError, TemplateError, FileNotFoundError) as e:
+    except (ConfigError, DataError, TemplateError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
 
 
 if __name__ == "__main__":

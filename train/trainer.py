@@ -10,6 +10,13 @@ Label-only logits: in training, the output layer and the cross-entropy run only 
 a label (`logits_to_keep` as a boolean mask), instead of full-vocabulary fp32 logits for every position. In SFT most
 tokens are prompt, so this saves most of the output layer's time and memory; the loss and gradients are the same
 (tests/test_trainer.py).
+
+Checkpoints survive being killed: a checkpoint counts only once every rank has written it and the main process has
+written `checkpoint_complete.json` into it (atomically, after a barrier); `train.resume: auto` picks the newest
+complete one, and old checkpoints are rotated only after a newer one is complete. SIGTERM / SIGUSR1 finish the current
+step, save a checkpoint and stop (exit code 75 from train/sft.py); a NaN or infinite loss stops the run before that
+step is saved. Both decisions are agreed across ranks every optimizer step (one small all-reduce), so no rank is left
+waiting in a collective.
 """
 
 from __future__ import annotations
@@ -17,19 +24,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from train.config import Config
 
 
 def has_cuda() -> bool:
     return torch.cuda.is_available()
+
+
+def uses_deepspeed() -> bool:
+    """accelerate launch with a DeepSpeed config sets this for every process."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def training_arguments(cfg: Config) -> TrainingArguments:
@@ -57,12 +70,12 @@ def training_arguments(cfg: Config) -> TrainingArguments:
         eval_steps=t.eval_steps or None,
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # rotation is ours: only after the newer checkpoint is complete (SFTTrainer)
         seed=t.seed,
         data_seed=t.seed,
         bf16=cuda and cfg.model.dtype == "bfloat16",
         fp16=cuda and cfg.model.dtype == "float16",
-        use_cpu=not cuda,
+        use_cpu=not cuda and not uses_deepspeed(),  # DeepSpeed on a CPU runs as "no device" + gloo
         ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
         ddp_timeout=t.ddp_timeout_s,
         ddp_find_unused_parameters=False,
@@ -72,20 +85,76 @@ def training_arguments(cfg: Config) -> TrainingArguments:
         dataloader_num_workers=0,
         average_tokens_across_devices=True,
         disable_tqdm=False,
+        logging_nan_inf_filter=False,  # the HF default hides NaN losses in the logs; ours stop the run instead
     )
 
 
-class SFTTrainer(Trainer):
-    """The HF Trainer plus token accounting: real tokens and label tokens per second, packing efficiency."""
+CHECKPOINT_MARKER = "checkpoint_complete.json"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self, *args, pad_token_id: int, data_stats: Optional[Dict[str, float]] = None, **kwargs):
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stops without saving that step."""
+
+
+class StopRequest:
+    """Set by SIGTERM / SIGUSR1 (preemption, scancel, a requeue warning); read once per optimizer step."""
+
+    signal_name: Optional[str] = None
+
+    @classmethod
+    def install(cls) -> None:
+        cls.signal_name = None
+        def handler(signum, frame):
+            if cls.signal_name is None:
+                cls.signal_name = signal.Signals(signum).name
+                print(f"[pid {os.getpid()}] {cls.signal_name}: finishing this step, then saving a checkpoint",
+                      flush=True)
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, handler)
+
+
+class SFTTrainer(Trainer):
+    """The HF Trainer plus token accounting (real tokens and label tokens per second, packing efficiency), checkpoints
+    that count only once complete, preemption on SIGTERM / SIGUSR1, and a stop on a non-finite loss."""
+
+    def __init__(self, *args, pad_token_id: int, data_stats: Optional[Dict[str, float]] = None,
+                 keep_checkpoints: Optional[int] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.pad_token_id = pad_token_id
         self.data_stats = data_stats or {}  # e.g. packing_efficiency of the prepared rows, logged with every loss
+        self.keep_checkpoints = keep_checkpoints
+        self.preempted: Optional[str] = None  # the signal's name once a preemption checkpoint has been written
+        self._nonfinite = torch.zeros((), dtype=torch.bool)
         self._tokens = 0
         self._label_tokens = 0
         self._slots = 0
         self._window_start = time.perf_counter()
+        self.add_callback(_StepGuard(self))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # no device sync here: the flag is read once per optimizer step, by _StepGuard
+        self._nonfinite = self._nonfinite.to(loss.device) | ~torch.isfinite(loss.detach())
+        return loss
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # Resumed from the checkpoint of the final step: the HF loop would still run one more optimizer step.
+        if self.args.max_steps > 0 and self.state.global_step >= self.args.max_steps:
+            self.control.should_training_stop = True
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)  # every rank writes its part (RNG state, ZeRO shards)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            mark_complete(folder, step=self.state.global_step, world_size=self.args.world_size,
+                          reason=f"preempted ({StopRequest.signal_name})" if StopRequest.signal_name else "interval")
+            rotate_checkpoints(folder.parent, self.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training or return_outputs or num_items_in_batch is None:
@@ -132,11 +201,52 @@ def label_only_loss(model, inputs: Dict[str, torch.Tensor], num_items_in_batch) 
     return loss / num_items_in_batch
 
 
+class _StepGuard(TrainerCallback):
+    """After every optimizer step, before the Trainer logs or saves it: agree across ranks on (stop requested,
+    loss not finite). A non-finite loss raises TrainingDiverged (that step is never saved); a stop request saves a
+    checkpoint now and ends training."""
+
+    def __init__(self, trainer: "SFTTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        flags = torch.stack([torch.tensor(StopRequest.signal_name is not None, device=trainer._nonfinite.device),
+                             trainer._nonfinite]).to(args.device, torch.float32)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        stop, nonfinite = (bool(v) for v in flags.tolist())
+        if nonfinite:
+            last = complete_checkpoints(args.output_dir)
+            keep = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written before it"
+            raise TrainingDiverged(
+                f"the training loss became NaN or infinite at step {state.global_step}; this step was not saved and "
+                f"{keep}. Lower train.learning_rate, raise train.warmup_ratio, check the data (data_report.md) or "
+                f"use model.dtype=bfloat16 instead of float16, then run again (train.resume=auto continues from the "
+                f"last good checkpoint)")
+        if stop:
+            StopRequest.signal_name = StopRequest.signal_name or "a peer rank's signal"
+            trainer.preempted = StopRequest.signal_name
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
 class MetricsFileCallback(TrainerCallback):
     """Append every log line to <output_dir>/metrics.jsonl (main process) and draw loss_curve.png at the end."""
 
     def __init__(self, output_dir: str):
         self.path = Path(output_dir) / "metrics.jsonl"
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Starting at step N (0, or resumed from checkpoint-N): records a killed run wrote after step N are dropped,
+        # so each step appears once; the redone steps follow.
+        if state.is_world_process_zero and self.path.exists():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= state.global_step
+                    and "train_runtime" not in r]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -155,7 +265,13 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+    return rows
 
 
 def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> Optional[Path]:
@@ -184,18 +300,78 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> Optional[
     return Path(png_path)
 
 
+def mark_complete(folder: Path, **record) -> None:
+    """Write the completion marker atomically (temp file, fsync, rename): a checkpoint without it does not count."""
+    tmp = folder / (CHECKPOINT_MARKER + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / CHECKPOINT_MARKER)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _checkpoint_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = []
+    for p in out.glob("checkpoint-*"):
+        suffix = p.name.split("-", 1)[1]
+        if p.is_dir() and suffix.isdigit():
+            found.append((int(suffix), p))
+    return sorted(found)
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """checkpoint-N folders that carry the completion marker, oldest first."""
+    return [p for _, p in _checkpoint_folders(output_dir) if (p / CHECKPOINT_MARKER).exists()]
+
+
+def discard_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Remove checkpoint folders a kill left half-written (main process, before training). Returns them."""
+    broken = [p for _, p in _checkpoint_folders(output_dir) if not (p / CHECKPOINT_MARKER).exists()]
+    for p in broken:
+        shutil.rmtree(p, ignore_errors=True)
+    return broken
+
+
+def rotate_checkpoints(output_dir: str | Path, keep: Optional[int]) -> None:
+    """Keep the newest `keep` complete checkpoints; delete older folders (complete or not). Never the newest."""
+    if not keep or keep < 1:
+        return
+    complete = complete_checkpoints(output_dir)
+    if len(complete) <= keep:
+        return
+    oldest_kept = int(complete[-keep].name.split("-")[1])
+    for step, p in _checkpoint_folders(output_dir):
+        if step < oldest_kept:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def resume_checkpoint(cfg: Config) -> Optional[str]:
-    """train.resume: auto → newest checkpoint in output_dir (None if none), never → None, else the given path."""
+    """train.resume: auto → the newest complete checkpoint in output_dir (None if none), never → None, else the
+    given folder, which must hold a complete checkpoint."""
     mode = cfg.train.resume
     if mode == "never":
+        if complete_checkpoints(cfg.output_dir):
+            raise FileExistsError(f"output_dir={cfg.output_dir} already holds checkpoints of an earlier run and "
+                                  f"train.resume=never would mix them with this run's. Choose a new output_dir, "
+                                  f"or set train.resume=auto to continue that run")
         return None
     if mode == "auto":
-        if not os.path.isdir(cfg.output_dir):
-            return None
-        return get_last_checkpoint(cfg.output_dir)
+        complete = complete_checkpoints(cfg.output_dir)
+        return str(complete[-1]) if complete else None
     if not os.path.isdir(mode):
         raise FileNotFoundError(f"train.resume={mode}: no such checkpoint folder. Use auto, never, or an existing "
                                 f"checkpoint-N folder")
+    if not (Path(mode) / CHECKPOINT_MARKER).exists() and not (Path(mode) / "trainer_state.json").exists():
+        raise FileNotFoundError(f"train.resume={mode}: this folder is not a complete checkpoint (no {CHECKPOINT_MARKER}"
+                                f" or trainer_state.json). Use train.resume=auto to pick the newest complete one")
     return mode
 
 
