@@ -5,6 +5,8 @@
                                                                base vs fine-tuned on the held-out split
     python -m launch run --config R [--accelerate NAME] [--gpus N] [--dry-run] [key=value ...]
                                                                choose the accelerate config, print the command, train
+    python -m launch slurm --config R --nodes N --gpus-per-node G [--partition P] [--time T] [--dry-run | --submit]
+                                                               render the sbatch script (and submit it)
 
 This side never joins a process group.
 """
@@ -164,8 +166,10 @@ def main(argv=None) -> int:
     e.set_defaults(func=cmd_eval)
 
     from launch.run import add_parser as add_run_parser
+    from launch.slurm import add_parser as add_slurm_parser
 
     add_run_parser(sub)
+    add_slurm_parser(sub)
 
     args = parser.parse_args(argv)
     from train.config import ConfigError
