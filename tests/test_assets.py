@@ -281,6 +281,6 @@ def test_generator_is_deterministic_and_matches_the_shipped_files(tmp_path):
     assert counts == {"keywords_train.jsonl": 200, "keywords_eval.jsonl": 30,
                       "finance_train.jsonl": 200, "finance_eval.jsonl": 30}
     for name in [*counts, "README.md"]:
-        assert (tmp_path / "a" / name).read_bytes() == (DEMO / name).read_bytes(), f"rerun scripts/make_demo_data.py"
+        assert (tmp_path / "a" / name).read_bytes() == (DEMO / name).read_bytes(), "rerun scripts/make_demo_data.py"
     demo.make_demo_data(tmp_path / "b", seed=7)
     assert (tmp_path / "b" / "finance_train.jsonl").read_bytes() != (DEMO / "finance_train.jsonl").read_bytes()

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from tests.tiny_model import build_tiny_model_dir, write_conversations
+from tests.tiny_model import build_tiny_model_dir, write_tiny_recipe
 from train.trainer import CHECKPOINT_MARKER, read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,21 +29,7 @@ STEPS = 4
 def work(tmp_path_factory):
     """A tiny Llama, 32 conversations, a LoRA recipe (global batch 4, constant LR) and a shared data cache."""
     root = tmp_path_factory.mktemp("scale")
-    model = build_tiny_model_dir(root / "llama")
-    data = write_conversations(root / "train.jsonl")
-    cfg = {
-        "model": {"name_or_path": str(model), "dtype": "float32"},
-        "method": "lora",
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "qlora": {"compute_dtype": "float32"},
-        "data": {"sources": [{"path": str(data), "format": "messages"}], "max_length": 128, "validation_split": 0.0,
-                 "cache_dir": str(root / "cache")},
-        "train": {"max_steps": STEPS, "learning_rate": 5e-3, "per_device_batch_size": 4, "logging_steps": 1,
-                  "save_steps": 100, "warmup_ratio": 0.0, "lr_scheduler": "constant"},
-        "output_dir": str(root / "out"),
-    }
-    recipe = root / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    recipe = write_tiny_recipe(root, build_tiny_model_dir(root / "llama"), max_steps=STEPS, per_device_batch_size=4)
     (root / "tmp").mkdir()
     return root, recipe
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from tests.tiny_model import build_tiny_model_dir, write_conversations
+from tests.tiny_model import build_tiny_model_dir, write_tiny_recipe
 from train.config import load_config
 from train.trainer import read_metrics
 
@@ -28,20 +27,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture()
 def recipe(tmp_path, tiny_model):
     """A recipe on the tiny model and 32 short Korean/English conversations (distinct, so dedup keeps them all)."""
-    data = write_conversations(tmp_path / "train.jsonl")
-    cfg = {
-        "model": {"name_or_path": str(tiny_model), "dtype": "float32"},
-        "method": "lora",
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "data": {"sources": [{"path": str(data), "format": "messages"}], "max_length": 128, "validation_split": 0.0,
-                 "cache_dir": str(tmp_path / "cache")},
-        "train": {"max_steps": 4, "learning_rate": 5e-3, "per_device_batch_size": 2, "logging_steps": 1,
-                  "save_steps": 100, "warmup_ratio": 0.0, "lr_scheduler": "constant"},
-        "output_dir": str(tmp_path / "out"),
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
-    return path
+    return write_tiny_recipe(tmp_path, tiny_model)
 
 
 def run_cli(args, env_extra=None, timeout=600):

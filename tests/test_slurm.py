@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.slurm_cluster import LocalSlurm, SlurmUnavailable
-from tests.tiny_model import build_tiny_model_dir, write_conversations
+from tests.tiny_model import build_tiny_model_dir, write_tiny_recipe
 from train.trainer import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,19 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("slurm-recipe")
-    cfg = {
-        "model": {"name_or_path": str(build_tiny_model_dir(root / "llama")), "dtype": "float32"},
-        "method": "lora",
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "data": {"sources": [{"path": str(write_conversations(root / "train.jsonl")), "format": "messages"}],
-                 "max_length": 128, "validation_split": 0.0, "cache_dir": str(root / "cache")},
-        "train": {"max_steps": 8, "learning_rate": 5e-3, "per_device_batch_size": 2, "logging_steps": 1,
-                  "save_steps": 4, "warmup_ratio": 0.0, "lr_scheduler": "constant"},
-        "output_dir": str(root / "out"),
-    }
-    path = root / "recipe.yaml"
-    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
-    return path
+    return write_tiny_recipe(root, build_tiny_model_dir(root / "llama"), max_steps=8, save_steps=4)
 
 
 @pytest.fixture(scope="module")

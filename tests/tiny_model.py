@@ -78,3 +78,26 @@ def build_tiny_model_dir(path: str | Path, arch: str = "llama", seed: int = 0, h
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def write_tiny_recipe(folder: str | Path, model_dir: str | Path, **train) -> Path:
+    """folder/recipe.yaml: LoRA r=4 on the tiny model, 32 conversations (folder/train.jsonl), fp32, constant LR,
+    a data cache in folder/cache and output_dir folder/out; `train` overrides the train section."""
+    import yaml
+
+    folder = Path(folder)
+    data = write_conversations(folder / "train.jsonl")
+    cfg = {
+        "model": {"name_or_path": str(model_dir), "dtype": "float32"},
+        "method": "lora",
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "qlora": {"compute_dtype": "float32"},
+        "data": {"sources": [{"path": str(data), "format": "messages"}], "max_length": 128, "validation_split": 0.0,
+                 "cache_dir": str(folder / "cache")},
+        "train": {"max_steps": 4, "learning_rate": 5e-3, "per_device_batch_size": 2, "logging_steps": 1,
+                  "save_steps": 100, "warmup_ratio": 0.0, "lr_scheduler": "constant", **train},
+        "output_dir": str(folder / "out"),
+    }
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
