@@ -69,8 +69,7 @@ def test_balanced_subset_covers_every_group_in_order():
 @pytest.mark.slow
 def test_eval_command_compares_base_and_fine_tuned(tmp_path):
     """Train the tiny model a few steps, then `launch eval --base`: a side-by-side report with both models."""
-    from tests.test_sft import CONVERSATIONS
-    from tests.tiny_model import build_tiny_model_dir
+    from tests.tiny_model import CONVERSATIONS, build_tiny_model_dir
 
     import yaml
 
