@@ -203,7 +203,7 @@ def test_failing_training_fails_the_job_with_its_exit_code_and_reason(cluster, r
 def test_single_node_job_checkpoints_on_usr1_requeues_and_completes(cluster, recipe, tmp_path):
     """The single-node template: USR1 reaches `launch run`, which passes it to training; exit 75; requeued; done."""
     out = tmp_path / "job"
-    job_id, log = submit(cluster, recipe, out, "train.max_steps=40", "train.save_steps=100", nodes=1)
+    job_id, log = submit(cluster, recipe, out, "train.max_steps=80", "train.save_steps=100", nodes=1)
     wait_for(lambda: max([s for s, _ in step_losses(out)], default=0) >= 4, what="step 4")
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=cluster.env(), check=True)
     record = cluster.wait(job_id, timeout=600)
@@ -211,4 +211,4 @@ def test_single_node_job_checkpoints_on_usr1_requeues_and_completes(cluster, rec
     assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1", (record, text[-3000:])
     assert "training exited with code 75" in text and "requeueing" in text
     assert "# cpu: chosen with --accelerate" in text  # launch run printed its choice and command
-    assert [s for s, _ in step_losses(out)] == list(range(1, 41))
+    assert [s for s, _ in step_losses(out)] == list(range(1, 81))
