@@ -49,10 +49,11 @@ class Plan:
     env: dict = field(default_factory=dict)
     extra_args: list = field(default_factory=list)
 
-    def command(self, recipe: str, overrides: list[str]) -> list[str]:
-        return ["accelerate", "launch", "--config_file", str(Path("configs/accelerate") / f"{self.accelerate}.yaml"),
-                "--num_processes", str(self.processes), *self.extra_args, "train/sft.py", "--config", recipe,
-                *overrides]
+    def command(self, recipe: str, overrides: list[str], root: Path = Path()) -> list[str]:
+        """The accelerate launch command; paths relative to the repository (as printed), or under `root`."""
+        return ["accelerate", "launch", "--config_file", str(root / "configs/accelerate" / f"{self.accelerate}.yaml"),
+                "--num_processes", str(self.processes), *self.extra_args, str(root / "train/sft.py"), "--config",
+                recipe, *overrides]
 
     def shell(self, recipe: str, overrides: list[str]) -> str:
         prefix = "".join(f"{k}={v} " for k, v in self.env.items())
@@ -206,14 +207,14 @@ def _ignore_usr1() -> None:
 
 
 def execute(p: Plan, recipe: str, overrides: list[str], output_dir: str) -> int:
+    # Run from the caller's folder (the recipe and its data paths are relative to it), with absolute repo paths.
     if p.accelerate == "cpu":
-        argv = [sys.executable, "train/sft.py", "--config", recipe, *overrides]
+        argv = [sys.executable, str(REPO / "train/sft.py"), "--config", recipe, *overrides]
     else:
         exe = Path(sys.executable).parent / "accelerate"
         launcher = [str(exe), "launch"] if exe.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
-        argv = launcher + p.command(recipe, overrides)[2:]
-    child = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **p.env}, start_new_session=True,
-                             preexec_fn=_ignore_usr1)
+        argv = launcher + p.command(recipe, overrides, root=REPO)[2:]
+    child = subprocess.Popen(argv, env={**os.environ, **p.env}, start_new_session=True, preexec_fn=_ignore_usr1)
     received = []
 
     def forward(signum, frame):

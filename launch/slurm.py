@@ -59,6 +59,9 @@ def render(cfg, recipe: str, overrides: list[str], nodes: int, gpus_per_node: in
         if nodes > 1 and name in ("single_gpu", "cpu"):
             raise LaunchError(f"--accelerate {name} runs one process; for {nodes} nodes choose multi_gpu, zero2, "
                               f"zero3, zero3_offload or fsdp2")
+    # The job runs from the repository root: a recipe path that only makes sense from here becomes absolute.
+    if not Path(recipe).is_absolute() and not (REPO / recipe).exists():
+        recipe = str(Path(recipe).resolve())
     out = Path(cfg.output_dir)
     out = out if out.is_absolute() else REPO / out
     log_dir = out / "slurm"

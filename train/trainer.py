@@ -105,6 +105,7 @@ class StopRequest:
     @classmethod
     def install(cls) -> None:
         cls.signal_name = None
+
         def handler(signum, frame):
             if cls.signal_name is None:
                 cls.signal_name = signal.Signals(signum).name
