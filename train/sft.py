@@ -115,7 +115,8 @@ def train_sft(cfg, command=None):
     StopRequest.install()  # SIGTERM / SIGUSR1: finish the step, save, exit 75
 
     # 3. Model: full weights, or LoRA adapters on a 16/32-bit or 4-bit base. The TrainingArguments come first: under
-    #    ZeRO-3 they switch on zero.Init, so each rank loads only its shard instead of the whole model.
+    #    ZeRO-3 they switch on zero.Init, so each rank loads only its shard instead of the whole model, and they pin
+    #    each rank to its own GPU, where a 4-bit model is loaded (otherwise every rank would load onto GPU 0).
     setup_tracking(cfg, is_main)
     args_tr = training_arguments(cfg)
     model = load_model(cfg, tokenizer)
