@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_USER_ERROR = 2
+from train.sft import EXIT_USER_ERROR  # one definition of the exit codes
 
 
 def _load(args):

@@ -16,6 +16,7 @@ command exits 75 so that a scheduler requeues the job; the next run resumes from
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -26,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from train.sft import EXIT_PREEMPTED, EXIT_USER_ERROR
+
 REPO = Path(__file__).resolve().parent.parent
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
-EXIT_PREEMPTED = 75  # = train/sft.py's; a requeue understands it
 GIB = 1024 ** 3
 
 # Bytes per parameter of the model states, bf16 weights with fp32 Adam states (mixed precision).
@@ -50,10 +52,13 @@ class Plan:
     extra_args: list = field(default_factory=list)
 
     def command(self, recipe: str, overrides: list[str], root: Path = Path()) -> list[str]:
-        """The accelerate launch command; paths relative to the repository (as printed), or under `root`."""
+        """The command: one CPU process runs train/sft.py itself, everything else goes through accelerate launch.
+        Paths are relative to the repository (as printed), or under `root`."""
+        script = [str(root / "train/sft.py"), "--config", recipe, *overrides]
+        if self.accelerate == "cpu":
+            return ["python", *script]
         return ["accelerate", "launch", "--config_file", str(root / "configs/accelerate" / f"{self.accelerate}.yaml"),
-                "--num_processes", str(self.processes), *self.extra_args, str(root / "train/sft.py"), "--config",
-                recipe, *overrides]
+                "--num_processes", str(self.processes), *self.extra_args, *script]
 
     def shell(self, recipe: str, overrides: list[str]) -> str:
         prefix = "".join(f"{k}={v} " for k, v in self.env.items())
@@ -166,7 +171,7 @@ def plan(cfg, accelerate: Optional[str] = None, gpus: Optional[int] = None, gpu_
          dry_run: bool = False) -> Plan:
     have, have_gib = local_gpus()
     # A dry run with --gpus N on a machine without GPUs plans for a GPU node (e.g. from a laptop or a login node).
-    cuda = have > 0 or (dry_run and bool(gpus))
+    cuda = have > 0 or (dry_run and bool(gpus) and accelerate not in ("cpu", "cpu_ddp"))
     if gpus is not None and have and gpus > have:
         raise LaunchError(f"--gpus {gpus}: this machine has {have} GPU(s). Use --gpus {have} or fewer")
     if gpus is not None and gpus < 0:
@@ -208,12 +213,13 @@ def _ignore_usr1() -> None:
 
 def execute(p: Plan, recipe: str, overrides: list[str], output_dir: str) -> int:
     # Run from the caller's folder (the recipe and its data paths are relative to it), with absolute repo paths.
+    command = p.command(recipe, overrides, root=REPO)
     if p.accelerate == "cpu":
-        argv = [sys.executable, str(REPO / "train/sft.py"), "--config", recipe, *overrides]
+        argv = [sys.executable, *command[1:]]
     else:
         exe = Path(sys.executable).parent / "accelerate"
         launcher = [str(exe), "launch"] if exe.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
-        argv = launcher + p.command(recipe, overrides, root=REPO)[2:]
+        argv = launcher + command[2:]
     child = subprocess.Popen(argv, env={**os.environ, **p.env}, start_new_session=True, preexec_fn=_ignore_usr1)
     received = []
 
@@ -252,8 +258,6 @@ def signal_process_tree(pid: int, sig: int) -> None:
 
 
 def _preempted_checkpoint(output_dir: str) -> bool:
-    import json
-
     from train.trainer import CHECKPOINT_MARKER, complete_checkpoints
 
     done = complete_checkpoints(output_dir)
@@ -271,12 +275,9 @@ def cmd_run(args) -> int:
                  node_rank=args.node_rank, main_addr=args.main_addr, main_port=args.main_port, dry_run=args.dry_run)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     print(f"# {p.accelerate}: {p.reason}")
-    if p.accelerate == "cpu":
-        print(shlex.join(["python", "train/sft.py", "--config", args.config, *args.overrides]), flush=True)
-    else:
-        print(p.shell(args.config, args.overrides), flush=True)
+    print(p.shell(args.config, args.overrides), flush=True)
     if args.dry_run:
         return 0
     return execute(p, args.config, args.overrides, cfg.output_dir)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from launch.run import REPO, LaunchError, plan
+from train.sft import EXIT_USER_ERROR
 
 TEMPLATES = {"single": REPO / "slurm" / "single_node.sbatch", "multi": REPO / "slurm" / "multi_node.sbatch"}
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -48,17 +49,15 @@ def render(cfg, recipe: str, overrides: list[str], nodes: int, gpus_per_node: in
         raise LaunchError(f"--gpus-per-node {gpus_per_node}: must be 0 (CPU processes) or more")
     cpu = gpus_per_node == 0
     if cpu:
-        name = accelerate or ("cpu_ddp" if nodes > 1 else "cpu")
-        if name not in ("cpu", "cpu_ddp"):
-            raise LaunchError(f"--gpus-per-node 0 runs CPU processes; --accelerate {name} needs GPUs")
-        flags, procs = ["--mixed_precision", "no"], 1
-        env_lines = "export ACCELERATE_USE_CPU=1  # CPU processes over gloo" if name == "cpu_ddp" else ""
-    else:
-        p = plan(cfg, accelerate=accelerate, gpus=gpus_per_node, dry_run=True)  # validates the combination
-        name, flags, procs, env_lines = p.accelerate, p.extra_args, gpus_per_node, ""
-        if nodes > 1 and name in ("single_gpu", "cpu"):
-            raise LaunchError(f"--accelerate {name} runs one process; for {nodes} nodes choose multi_gpu, zero2, "
-                              f"zero3, zero3_offload or fsdp2")
+        accelerate = accelerate or ("cpu_ddp" if nodes > 1 else "cpu")
+        if accelerate not in ("cpu", "cpu_ddp"):
+            raise LaunchError(f"--gpus-per-node 0 runs CPU processes; --accelerate {accelerate} needs GPUs")
+    procs = 1 if cpu else gpus_per_node  # per node
+    p = plan(cfg, accelerate=accelerate, gpus=procs, dry_run=True)  # chooses (GPUs) and validates the combination
+    name, flags, env_lines = p.accelerate, p.extra_args, "\n".join(f"export {k}={v}" for k, v in p.env.items())
+    if nodes > 1 and name in ("single_gpu", "cpu"):
+        raise LaunchError(f"--accelerate {name} runs one process; for {nodes} nodes choose multi_gpu, zero2, "
+                          f"zero3, zero3_offload or fsdp2")
     # The job runs from the repository root: a recipe path that only makes sense from here becomes absolute.
     if not Path(recipe).is_absolute() and not (REPO / recipe).exists():
         recipe = str(Path(recipe).resolve())
@@ -95,7 +94,7 @@ def cmd_slurm(args) -> int:
                               signal_seconds=args.signal_seconds, render_command=command)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     if args.dry_run:
         print(script, end="")
         return 0

@@ -345,11 +345,12 @@ def rotate_checkpoints(output_dir: str | Path, keep: Optional[int]) -> None:
     """Keep the newest `keep` complete checkpoints; delete older folders (complete or not). Never the newest."""
     if not keep or keep < 1:
         return
-    complete = complete_checkpoints(output_dir)
-    if len(complete) <= keep:
+    folders = _checkpoint_folders(output_dir)
+    complete_steps = [step for step, p in folders if (p / CHECKPOINT_MARKER).exists()]
+    if len(complete_steps) <= keep:
         return
-    oldest_kept = int(complete[-keep].name.split("-")[1])
-    for step, p in _checkpoint_folders(output_dir):
+    oldest_kept = complete_steps[-keep]
+    for step, p in folders:
         if step < oldest_kept:
             shutil.rmtree(p, ignore_errors=True)
 
