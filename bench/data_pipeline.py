@@ -338,7 +338,7 @@ def _row_counts(dataset) -> Dict[str, int]:
     return {"rows": len(dataset), "tokens": tokens, "label_tokens": label_tokens}
 
 
-def _our_config(corpus: Path, max_length: int, work: Path, num_proc: int):
+def _our_config(corpus: Path, max_length: int, work: Path, num_proc: int, overlong: str = "split"):
     import yaml
 
     from launch.assets import qwen3_tokenizer
@@ -346,7 +346,7 @@ def _our_config(corpus: Path, max_length: int, work: Path, num_proc: int):
 
     recipe = {"model": {"name_or_path": str(qwen3_tokenizer())},
               "data": {"sources": [{"path": str(corpus), "format": "messages"}], "max_length": max_length,
-                       "packing": True, "overlong": "split", "template": "qwen3", "enable_thinking": False,
+                       "packing": True, "overlong": overlong, "template": "qwen3", "enable_thinking": False,
                        "validation_split": 0.0, "dedup": "exact", "cache_dir": str(work / "cache"),
                        "num_proc": num_proc},
               "output_dir": str(work / "out")}
@@ -355,13 +355,14 @@ def _our_config(corpus: Path, max_length: int, work: Path, num_proc: int):
     return load_config(path)
 
 
-def measure_ours(corpus: Path, max_length: int, work: Path, num_proc: int = 1, profile: str = "") -> Dict[str, Any]:
+def measure_ours(corpus: Path, max_length: int, work: Path, num_proc: int = 1, profile: str = "",
+                 overlong: str = "split") -> Dict[str, Any]:
     """Time `load_or_build` (the whole prepare stage; the cache folder is fresh) and count what reached the rows."""
     from train.data.prepare import load_or_build
     from train.data.templates import setup_tokenizer
     from train.model import load_tokenizer
 
-    cfg = _our_config(corpus, max_length, work, num_proc)
+    cfg = _our_config(corpus, max_length, work, num_proc, overlong)
     tokenizer = load_tokenizer(cfg)
     setup_tokenizer(tokenizer, cfg.data)
     rss_before = _memory_kb("VmRSS")
@@ -379,7 +380,7 @@ def measure_ours(corpus: Path, max_length: int, work: Path, num_proc: int = 1, p
         profiler.dump_stats(profile)
     peak = _memory_kb("VmHWM")
     report = prepared.report
-    return {"side": "ours", "seconds": seconds, "cpu_seconds": cpu, "rss_before_kb": rss_before, "peak_rss_kb": peak,
+    return {"side": "ours" if overlong == "split" else f"ours-{overlong}", "overlong": overlong, "seconds": seconds, "cpu_seconds": cpu, "rss_before_kb": rss_before, "peak_rss_kb": peak,
             "samples": report["token_lengths"]["count"], **_row_counts(prepared.train),
             "reported": {"overlong": report["overlong"], "packing": report["packing"],
                          "duplicates": report["duplicates"], "rejects": report["rejects"]["total"]}}
@@ -389,19 +390,21 @@ def label_less_windows(labels: List[int], max_length: int) -> Dict[str, int]:
     """What splitting one sample into max_length windows must lose, derived here from the rule as documented (not from
     the project's code): windows [start, stop) of at most max_length tokens, each after the first starting on the
     previous window's last token (whose label it masks). A window with no label left trains nothing and is dropped:
-    its new tokens are lost. Returns {'lost': tokens in such windows, 'overlap': repeated tokens in kept windows}."""
-    n, lost, overlap, start = len(labels), 0, 0, 0
+    its new tokens are lost. Returns {'lost': tokens in such windows, 'overlap': repeated tokens in kept windows,
+    'overlap_all': repeated tokens when every window is kept (data.overlong=split_all)}."""
+    n, lost, overlap, overlap_all, start = len(labels), 0, 0, 0, 0
     if n <= max_length:
-        return {"lost": 0, "overlap": 0}
+        return {"lost": 0, "overlap": 0, "overlap_all": 0}
     while True:
         stop = min(start + max_length, n)
         new = stop - start - (1 if start else 0)
+        overlap_all += 1 if start else 0
         if any(x != IGNORE for x in labels[start + 1:stop]):
             overlap += 1 if start else 0
         else:
             lost += new
         if stop == n:
-            return {"lost": lost, "overlap": overlap}
+            return {"lost": lost, "overlap": overlap, "overlap_all": overlap_all}
         start = stop - 1
 
 
@@ -416,7 +419,7 @@ def count_ours_inputs(corpus: Path, work: Path, max_lengths: List[int]) -> Dict[
     tokenizer = load_tokenizer(cfg)
     setup_tokenizer(tokenizer, cfg.data)
     lengths, label_tokens = [], 0
-    split = {str(m): {"lost": 0, "overlap": 0} for m in max_lengths}
+    split = {str(m): {"lost": 0, "overlap": 0, "overlap_all": 0} for m in max_lengths}
     with open(corpus, encoding="utf-8") as f:
         for line in f:
             out = tokenize_conversation(tokenizer, json.loads(line)["messages"], cfg.data)
@@ -540,7 +543,7 @@ def summarise(runs: List[Dict[str, Any]], inputs: Dict[str, Any], max_length: in
     """One table row from the repeated runs of one pipeline at one max_length: median wall and CPU seconds,
     throughput, packing efficiency, tokens and label tokens that reached no row, peak memory (highest run)."""
     run = runs[0]  # the data results are identical in every repeat (deterministic); the times differ
-    ours = run["side"] == "ours"
+    ours = run["side"].startswith("ours")
     seconds = _median([r["seconds"] for r in runs])
     cpu = _median([r["cpu_seconds"] for r in runs])
     row = {"max_length": max_length, "pipeline": run["side"], "repeats": len(runs), "samples": run["samples"],
@@ -556,10 +559,13 @@ def summarise(runs: List[Dict[str, Any]], inputs: Dict[str, Any], max_length: in
            "rss_before_mib": round(run["rss_before_kb"] / 1024)}
     if ours:
         expected = inputs["split"][str(max_length)]
+        keep_all = run.get("overlong") == "split_all"
         row["tokens_lost"] = run["reported"]["overlong"]["tokens_lost"]
-        row["tokens_lost_expected"] = expected["lost"]  # prompt tokens in windows without labels (label_less_windows)
+        # split: prompt tokens in windows without labels (label_less_windows); split_all keeps every window
+        row["tokens_lost_expected"] = 0 if keep_all else expected["lost"]
         # every input token is accounted for: rows = input - lost + the one-token overlaps of kept windows
-        row["tokens_accounted"] = run["tokens"] == inputs["tokens"] - expected["lost"] + expected["overlap"]
+        overlap = expected["overlap_all"] if keep_all else expected["overlap"]
+        row["tokens_accounted"] = run["tokens"] == inputs["tokens"] - row["tokens_lost_expected"] + overlap
     else:
         row["tokens_lost"] = inputs["tokens"] - run["tokens"]  # TRL packs without repeating tokens
     return row
@@ -599,6 +605,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-trl", action="store_true", help="measure our side only")
     parser.add_argument("--trl-strategies", default="bfd,bfd_split")
     parser.add_argument("--num-proc", type=int, default=1, help="data.num_proc for our side")
+    parser.add_argument("--overlong", default="split,split_all", help="data.overlong modes for our side")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--out", default=None,
                         help="JSON result file (default bench/results/data_pipeline[_quick].json)")
@@ -636,9 +643,10 @@ def main(argv=None) -> int:
         runs: Dict[tuple, List[Dict[str, Any]]] = {}
         for repeat in range(args.repeat):
             for max_length in max_lengths:
-                ours = run_child("ours", corpus, scratch, max_length=max_length, num_proc=args.num_proc,
-                                 profile=args.profile if not runs else "")
-                runs.setdefault((max_length, "ours"), []).append(ours)
+                for overlong in args.overlong.split(","):
+                    ours = run_child("ours", corpus, scratch, max_length=max_length, num_proc=args.num_proc,
+                                     profile=args.profile if not runs else "", overlong=overlong)
+                    runs.setdefault((max_length, ours["side"]), []).append(ours)
                 for strategy in strategies:
                     trl = run_child("trl", corpus, scratch, max_length=max_length, strategy=strategy)
                     runs.setdefault((max_length, f"trl-{strategy}"), []).append(trl)
@@ -647,7 +655,8 @@ def main(argv=None) -> int:
 
         rows = []
         for max_length in max_lengths:
-            group = [summarise(runs[(max_length, "ours")], inputs["ours"], max_length)]
+            group = [summarise(r, inputs["ours"], max_length) for (m, side), r in runs.items()
+                     if m == max_length and side.startswith("ours")]
             group += [summarise(runs[(max_length, f"trl-{s}")], inputs["trl"], max_length) for s in strategies]
             base = next((r for r in group if r["pipeline"] == "trl-bfd"), None)
             for r in group:

@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
-from train.data.packing import (Collator, flash_varlen_kwargs, handle_overlong, pack_bfd, packed_rows,
-                                packing_stats)
+from train.data.packing import (Collator, balance_micro_batches, flash_varlen_kwargs, handle_overlong, pack_bfd,
+                                packed_rows, packing_stats)
 
 IGNORE = -100
 
@@ -168,6 +168,16 @@ def test_split_drops_and_counts_chunks_without_labels():
     assert counts["tokens_lost"] == 16 + 15 and counts["label_tokens_lost"] == 0 and counts["split_into"] == 2
 
 
+def test_split_all_keeps_chunks_without_labels_so_no_token_is_lost():
+    s = sample(50, prompt=40)
+    chunks, counts = handle_overlong([s], max_length=16, mode="split_all")
+    bounds = [(0, 16), (15, 31), (30, 46), (45, 50)]  # by hand: windows of 16 sharing one token
+    assert [c["input_ids"] for c in chunks] == [s["input_ids"][a:b] for a, b in bounds]
+    assert [c["labels"] for c in chunks] == [[IGNORE] + s["labels"][a + 1:b] for a, b in bounds]
+    assert counts == {"overlong": 1, "dropped": 0, "split_into": 4, "tokens_lost": 0, "label_tokens_lost": 0,
+                      "chunks_without_labels": 2}
+
+
 def test_drop_mode_drops_and_counts():
     kept = sample(16, 4)
     out, counts = handle_overlong([sample(17, 4), kept, sample(40, 30)], max_length=16, mode="drop")
@@ -179,6 +189,42 @@ def test_drop_mode_drops_and_counts():
 def test_unknown_overlong_mode_raises():
     with pytest.raises(ValueError, match="drop, split"):
         handle_overlong([], 16, "truncate")
+
+
+def test_balance_micro_batches_by_hand():
+    # rows 0..5 with these lengths, 2 ranks x 1 step, 3 rows each: greedy longest first to the lighter bin
+    lengths = [100, 10, 60, 50, 40, 30]
+    out = balance_micro_batches(list(range(6)), lengths, world_size=2, grad_accum=1)
+    # 100 -> A; 60 -> B; 50 -> B (110); 40 -> A (140); 30 -> B (140, full); 10 -> A (150)
+    assert sorted(map(sorted, [out[0][0], out[1][0]])) == [[0, 1, 4], [2, 3, 5]]
+
+
+def test_balance_micro_batches_partitions_and_evens_out_tokens():
+    rng = random.Random(0)
+    lengths = [int(20 + 2000 * rng.random() ** 4) for _ in range(64)]  # long-tailed
+    rows = list(range(100, 164))
+    out = balance_micro_batches(rows, lengths, world_size=4, grad_accum=2)
+    length_of = dict(zip(rows, lengths))
+    micro = [mb for rank in out for mb in rank]
+    assert sorted(r for mb in micro for r in mb) == rows  # every row exactly once
+    assert [len(mb) for mb in micro] == [8] * 8  # fixed micro-batch size
+    tokens = [sum(length_of[r] for r in mb) for mb in micro]
+    assert max(tokens) / min(tokens) - 1 < 0.02
+    # the same rows cut in shuffled order, as a random sampler would: far from even
+    order = rows[:]
+    rng.shuffle(order)
+    random_tokens = [sum(length_of[r] for r in order[i:i + 8]) for i in range(0, 64, 8)]
+    assert max(random_tokens) / min(random_tokens) - 1 > 0.5
+    # step k of every rank holds the k-th busiest group of micro-batches
+    per_step = [[sum(length_of[r] for r in out[rank][step]) for rank in range(4)] for step in range(2)]
+    assert min(per_step[0]) >= max(per_step[1])
+
+
+def test_balance_micro_batches_uneven_tail_and_too_few_rows():
+    out = balance_micro_batches(list(range(5)), [5, 4, 3, 2, 1], world_size=2, grad_accum=2)
+    assert sorted(len(mb) for rank in out for mb in rank) == [1, 1, 1, 2]
+    with pytest.raises(ValueError, match="cannot fill"):
+        balance_micro_batches([0, 1, 2], [1, 1, 1], world_size=2, grad_accum=2)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

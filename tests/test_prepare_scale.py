@@ -126,6 +126,10 @@ def test_row_stats_of_an_arrow_dataset_equal_packing_stats_of_the_rows():
     assert expected["label_tokens"] == sum(1 for r in rows for x in r["labels"] if x != -100)
 
 
+def _without_length(rows) -> list:
+    return [{k: v for k, v in row.items() if k != "length"} for row in rows]
+
+
 def test_streamed_rows_hold_every_sample_once_with_its_labels(tmp_path):
     """The streamed packing path (lengths → BFD → rows written bin by bin) puts every sample, and every chunk of an
     overlong sample, into exactly one row with its own tokens and labels; checked against the samples themselves."""
@@ -168,7 +172,8 @@ def test_streamed_rows_hold_every_sample_once_with_its_labels(tmp_path):
     fitting = [s for s in samples if len(s["input_ids"]) <= 64]
     chunks, _ = handle_overlong([s for s in samples if len(s["input_ids"]) > 64], 64, "split")
     items = fitting + chunks
-    assert list(rows) == packed_rows(items, pack_bfd([len(x["input_ids"]) for x in items], 64))
+    assert all(row["length"] == len(row["input_ids"]) for row in rows)  # what the balanced sampler reads
+    assert _without_length(rows) == packed_rows(items, pack_bfd([len(x["input_ids"]) for x in items], 64))
 
 
 def test_unpacked_rows_are_the_samples_unchanged(tmp_path):
@@ -178,7 +183,8 @@ def test_unpacked_rows_are_the_samples_unchanged(tmp_path):
     samples = _samples([30, 7, 100, 12])
     rows, counts = _rows(datasets.Dataset.from_list(samples), DataConfig(max_length=64, overlong="drop", packing=False),
                          tmp_path / "work", "test")
-    assert list(rows) == [samples[0], samples[1], samples[3]]  # the 100-token sample dropped, and counted
+    assert _without_length(rows) == [samples[0], samples[1], samples[3]]  # the 100-token sample dropped, and counted
+    assert list(rows["length"]) == [30, 7, 12]
     assert counts["overlong"]["dropped"] == 1 and counts["overlong"]["tokens_lost"] == 100
     assert counts["overlong"]["label_tokens_lost"] == 50  # its labelled tokens 50..99
 

@@ -4,6 +4,7 @@ full / LoRA / QLoRA, adapters that reload and merge to the trained model's logit
 from __future__ import annotations
 
 import json
+import random
 import os
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def losses(out_dir) -> list[float]:
 
 
 def test_one_process_cli_run_writes_everything(recipe, tmp_path):
-    res = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), "train.max_steps=6"])
+    res = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), "train.max_steps=6", "train.save_steps=3"])
     assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "out"
     for name in ["adapter_model.safetensors", "adapter_config.json", "run_config.yaml", "metrics.jsonl",
@@ -56,6 +57,13 @@ def test_one_process_cli_run_writes_everything(recipe, tmp_path):
     card = (out / "README.md").read_text(encoding="utf-8")
     assert str(recipe) in card and "LoRA" in card and "packing" in card
     assert load_config(out / "run_config.yaml").train.max_steps == 6  # the resolved config, overrides applied
+
+    # the same command again resumes from checkpoint-6, the final step: nothing to train, and the record is kept
+    before = {name: (out / name).read_bytes() for name in ("train_results.json", "README.md", "metrics.jsonl")}
+    again = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), "train.max_steps=6", "train.save_steps=3"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already holds the finished run (step 6)" in again.stdout
+    assert {name: (out / name).read_bytes() for name in before} == before
 
 
 def test_two_process_ddp_losses_equal_one_process(recipe, tmp_path):
@@ -77,6 +85,42 @@ def test_two_process_ddp_losses_equal_one_process(recipe, tmp_path):
     eval_one = json.loads((tmp_path / "single" / "train_results.json").read_text())["eval_loss"]
     eval_two = json.loads((tmp_path / "ddp" / "train_results.json").read_text())["eval_loss"]
     assert eval_one == pytest.approx(eval_two, abs=1e-4)
+
+
+def _long_tailed_conversations(path: Path, n: int = 48) -> Path:
+    """Replies from 1 to about 120 words, in a shuffled order: random micro-batches differ a lot in tokens."""
+    rng = random.Random(0)
+    words = "주가 상승 하락 실적 발표 금리 환율 수출 반도체 배터리 계약 인수 합병 공시 배당 the market rose fell".split()
+    lengths = [max(1, int(120 * (i / n) ** 3)) for i in range(n)]
+    rng.shuffle(lengths)
+    with path.open("w", encoding="utf-8") as f:
+        for i, k in enumerate(lengths):
+            reply = " ".join(rng.choice(words) for _ in range(k))
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"질문 {i}: 요약해 주세요."},
+                                             {"role": "assistant", "content": reply}]}, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_balanced_sampler_evens_out_tokens_across_ranks(recipe, tmp_path):
+    """Unpacked rows of 20 to about 400 tokens, 2 ranks x 2 micro-batches x 4 rows per step. The trainer measures, every optimizer step,
+    the real tokens of the busiest and of the idlest rank (one all-reduce) and logs rank_token_imbalance = busiest /
+    idlest - 1 over the logging window. The balanced sampler (default) keeps it small; the random sampler on the same
+    data does not."""
+    data = _long_tailed_conversations(tmp_path / "long_tailed.jsonl")
+    common = ["train.per_device_batch_size=4", "train.gradient_accumulation_steps=2", "train.max_steps=6", "data.packing=false", "data.max_length=512",
+              f"data.sources=[{{path: {data}, format: messages}}]"]
+    imbalance = {}
+    for sampler in ("balanced", "random"):
+        res = run_cli([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                       "configs/accelerate/cpu_ddp.yaml", "train/sft.py", "--config", str(recipe), *common,
+                       f"train.sampler={sampler}", f"output_dir={tmp_path / sampler}"],
+                      env_extra={"ACCELERATE_USE_CPU": "1"})
+        assert res.returncode == 0, res.stderr[-3000:]
+        rows = [r for r in read_metrics(tmp_path / sampler / "metrics.jsonl") if "rank_token_imbalance" in r]
+        assert len(rows) == 6, rows  # logging_steps=1: one measurement per step
+        imbalance[sampler] = max(r["rank_token_imbalance"] for r in rows)
+    assert imbalance["balanced"] < 0.25, imbalance
+    assert imbalance["random"] > 2 * imbalance["balanced"] + 0.25, imbalance
 
 
 def test_gradient_accumulation_loss_equals_large_batch_loss(recipe, tmp_path):

@@ -77,7 +77,9 @@ class DataConfig:
     eval_sources: List[DataSource] = field(default_factory=list)  # held-out files; empty = split from sources
     max_length: int = 2048  # tokens per packed row / per sample
     packing: bool = True  # pack samples into rows of max_length; samples never attend to each other
-    overlong: str = "drop"  # drop | split: what to do with samples longer than max_length (always counted)
+    # drop | split | split_all: what to do with samples longer than max_length (always counted). split cuts them into
+    # windows and drops the windows without a label token (they would train nothing); split_all keeps those too
+    overlong: str = "drop"
     on_error: str = "raise"  # raise | skip: a bad record stops preparation or is skipped and counted
     template: str = "auto"  # auto (tokenizer's own, else chatml) | tokenizer | llama3 | qwen3 | gemma | exaone | chatml
     enable_thinking: bool = False  # qwen3: thinking mode; False renders the empty <think></think> block (no-think)
@@ -114,6 +116,9 @@ class TrainConfig:
     resume: str = "auto"  # auto (newest complete checkpoint in output_dir) | never | <path to a checkpoint>
     seed: int = 42
     ddp_timeout_s: int = 7200  # collective timeout; raised from the 30 min default for long saves and evals
+    # balanced: every optimizer step's rows are dealt out so that data-parallel ranks and micro-batches carry nearly
+    # the same work (transformers' BatchRebalanceSampler); random: shuffled, fixed-size micro-batches
+    sampler: str = "balanced"
 
 
 @dataclass
@@ -151,13 +156,14 @@ CHOICES: Dict[str, tuple] = {
     "qlora.compute_dtype": ("float32", "bfloat16", "float16"),
     "qlora.quant_storage": ("auto", "uint8", "bfloat16", "float16", "float32"),
     "lora.bias": ("none", "all", "lora_only"),
-    "data.overlong": ("drop", "split"),
+    "data.overlong": ("drop", "split", "split_all"),
     "data.on_error": ("raise", "skip"),
     "data.template": ("auto", "tokenizer", "llama3", "qwen3", "gemma", "exaone", "chatml"),
     "data.train_on": ("assistant", "last_assistant", "all"),
     "data.dedup": ("none", "exact", "near"),
     "data.sources.*.format": ("auto", "messages", "alpaca", "raft", "columns", "qa", "keywords"),
     "data.eval_sources.*.format": ("auto", "messages", "alpaca", "raft", "columns", "qa", "keywords"),
+    "train.sampler": ("balanced", "random"),
     "train.lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup"),
     "tracking.wandb_mode": ("online", "offline", "disabled"),
 }

@@ -145,6 +145,11 @@ def train_sft(cfg, command=None):
     result = trainer.train(resume_from_checkpoint=resume_from)
     if trainer.preempted:  # a checkpoint was saved; the final save, evaluation and card wait for the resumed run
         return trainer, tokenizer, data, result
+    if resume_from and trainer.state.global_step == int(Path(resume_from).name.split("-")[-1]) \
+            and (out / "train_results.json").exists():  # resumed at the final step: keep the finished run's record
+        print(f"[rank {rank}] {out} already holds the finished run (step {trainer.state.global_step}); nothing "
+              f"trained, nothing overwritten. Start over with train.resume=never and a new output_dir", flush=True)
+        return trainer, tokenizer, data, result
 
     # 5. Save: adapter or full weights (safetensors; ZeRO-3 weights gathered by the Trainer), tokenizer, optional merge.
     if trainer.is_fsdp_enabled:  # checkpoints stay sharded; the final weights are gathered into one loadable file

@@ -32,8 +32,10 @@ from typing import Any, Dict, Optional
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import BatchRebalanceSampler
 
 from train.config import Config
+from train.data.packing import balance_micro_batches
 
 
 def has_cuda() -> bool:
@@ -84,6 +86,8 @@ def training_arguments(cfg: Config) -> TrainingArguments:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         average_tokens_across_devices=True,
+        train_sampling_strategy="batch_rebalance" if t.sampler == "balanced" else "random",
+        length_column_name="length",
         disable_tqdm=False,
         logging_nan_inf_filter=False,  # the HF default hides NaN losses in the logs; ours stop the run instead
     )
@@ -131,8 +135,29 @@ class SFTTrainer(Trainer):
         self._tokens = 0
         self._label_tokens = 0
         self._slots = 0
+        self._step_tokens = 0  # this rank's real tokens in the current optimizer step
+        self._rank_tokens = [0, 0]  # over the logging window: sum of the busiest rank's and of the idlest rank's
         self._window_start = time.perf_counter()
         self.add_callback(_StepGuard(self))
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy != "batch_rebalance":  # train.sampler=random
+            return super()._get_train_sampler(train_dataset)
+        a, world = self.args, max(1, self.args.world_size)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        step_rows = a.train_batch_size * a.gradient_accumulation_steps * world
+        self._balanced_sampler = TokenBalancedSampler(
+            lengths=list(dataset["length"]), effective_batch_size=step_rows, dp_size=world,
+            grad_accum=a.gradient_accumulation_steps, rank=a.process_index if world > 1 else 0, seed=a.data_seed,
+            drop_last=a.dataloader_drop_last)
+        return self._balanced_sampler
+
+    def _run_epoch(self, model, epoch, *args, **kwargs):
+        # The Trainer sets the sampler's epoch through the dataloader, except on resume mid-epoch: the dataloader that
+        # skips the trained batches hides the sampler, which would then replay epoch 0's order (transformers 5.23).
+        if getattr(self, "_balanced_sampler", None) is not None:
+            self._balanced_sampler.set_epoch(epoch)
+        return super()._run_epoch(model, epoch, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -164,6 +189,7 @@ class SFTTrainer(Trainer):
         ids, labels = inputs["input_ids"], inputs["labels"]
         real = inputs["attention_mask"].sum() if "attention_mask" in inputs else (ids != self.pad_token_id).sum()
         self._tokens += int(real)
+        self._step_tokens += int(real)
         self._slots += ids.numel()
         self._label_tokens += int((labels != -100).sum())
         return label_only_loss(model, inputs, num_items_in_batch) * self._loss_scale()
@@ -181,10 +207,24 @@ class SFTTrainer(Trainer):
             logs["tokens_per_s"] = round(self._tokens * world / elapsed, 2)  # all ranks together
             logs["label_tokens_per_s"] = round(self._label_tokens * world / elapsed, 2)
             logs["padding_fraction"] = round(1 - self._tokens / self._slots, 4)
+            if world > 1 and self._rank_tokens[1]:  # how much more the busiest rank processed than the idlest
+                logs["rank_token_imbalance"] = round(self._rank_tokens[0] / self._rank_tokens[1] - 1, 4)
             logs.update(self.data_stats)
             self._tokens = self._label_tokens = self._slots = 0
+            self._rank_tokens = [0, 0]
             self._window_start = time.perf_counter()
         super().log(logs, start_time)
+
+
+class TokenBalancedSampler(BatchRebalanceSampler):
+    """transformers' BatchRebalanceSampler (the Trainer builds it for train_sampling_strategy='batch_rebalance': one
+    shared shuffle per epoch, a global batch per optimizer step, each rank yields its own micro-batches) with our
+    assignment: fixed-size micro-batches with nearly equal real tokens (`packing.balance_micro_batches`). transformers'
+    own assignment balances a padded-cost model with micro-batches of varying size; for packed, padding-free rows and
+    for predictable memory we want the row count fixed and the tokens even."""
+
+    def _assign(self, indices, lengths):
+        return balance_micro_batches(indices, lengths, self.dp_size, self.grad_accum)
 
 
 def label_only_loss(model, inputs: Dict[str, torch.Tensor], num_items_in_batch) -> torch.Tensor:
@@ -204,19 +244,25 @@ def label_only_loss(model, inputs: Dict[str, torch.Tensor], num_items_in_batch) 
 
 class _StepGuard(TrainerCallback):
     """After every optimizer step, before the Trainer logs or saves it: agree across ranks on (stop requested,
-    loss not finite). A non-finite loss raises TrainingDiverged (that step is never saved); a stop request saves a
-    checkpoint now and ends training."""
+    loss not finite) and learn the most and the fewest real tokens a rank processed in the step, in one all-reduce.
+    A non-finite loss raises TrainingDiverged (that step is never saved); a stop request saves a checkpoint now and
+    ends training."""
 
     def __init__(self, trainer: "SFTTrainer"):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
-        flags = torch.stack([torch.tensor(StopRequest.signal_name is not None, device=trainer._nonfinite.device),
-                             trainer._nonfinite]).to(args.device, torch.float32)
+        tokens = float(trainer._step_tokens)
+        flags = torch.tensor([StopRequest.signal_name is not None, bool(trainer._nonfinite), tokens, -tokens],
+                             dtype=torch.float64, device=args.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        stop, nonfinite = (bool(v) for v in flags.tolist())
+        stop, nonfinite, most, fewest = flags.tolist()
+        stop, nonfinite = bool(stop), bool(nonfinite)
+        trainer._rank_tokens[0] += most
+        trainer._rank_tokens[1] += -fewest
+        trainer._step_tokens = 0
         if nonfinite:
             last = complete_checkpoints(args.output_dir)
             keep = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written before it"
@@ -238,19 +284,24 @@ class MetricsFileCallback(TrainerCallback):
 
     def __init__(self, output_dir: str):
         self.path = Path(output_dir) / "metrics.jsonl"
+        self.finished_before = False  # resumed at the step where a finished run ended: its record stays as it is
 
     def on_train_begin(self, args, state, control, **kwargs):
         # Starting at step N (0, or resumed from checkpoint-N): records a killed run wrote after step N are dropped,
         # so each step appears once; the redone steps follow.
         if state.is_world_process_zero and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= state.global_step
-                    and "train_runtime" not in r]
+            rows = read_metrics(self.path)
+            self.finished_before = state.global_step >= state.max_steps and any(
+                "train_runtime" in r and r.get("step") == state.global_step for r in rows)
+            if self.finished_before:
+                return
+            kept = [r for r in rows if r.get("step", 0) <= state.global_step and "train_runtime" not in r]
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
             os.replace(tmp, self.path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not state.is_world_process_zero or not logs or self.finished_before:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"step": state.global_step, "epoch": state.epoch, **logs}

@@ -7,7 +7,8 @@ How (no `{% generation %}` tags needed):
    assistant reply by its end-of-turn token). So a reply equal to the user's message, repeated identical replies, or a
    user typing '<|im_start|>assistant' never match the wrong place. Templates that trim text or strip Qwen3 <think>
    reasoning are handled by also trying those forms of the text.
-3. Tokenise the rendered text once, with character offsets, and label every token that overlaps a trained span.
+3. Tokenise the rendered text (`encoding.ConversationEncoder`: the ids of the whole text, computed piece by piece),
+   and label every token that overlaps a trained span.
 
 The trained span of an assistant turn is its content plus the end-of-turn token (<|eot_id|>, <|im_end|>,
 <end_of_turn>, [|endofturn|]). The role header is never trained. Whatever the generation prompt writes is prompt, not
@@ -26,9 +27,10 @@ must not be predicted from the previous sample's last token.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from train.config import DataConfig
+from train.data.encoding import ConversationEncoder, Encoded
 from train.data.templates import TemplateLayout, render, template_layout
 
 IGNORE = -100
@@ -112,18 +114,6 @@ def assistant_spans(text: str, messages: List[dict], layout: TemplateLayout) -> 
     return spans
 
 
-def _encode(tokenizer, text: str):
-    """Token ids and a Rust encoding (for char_to_token) of `text`, without special tokens added."""
-    backend = getattr(tokenizer, "_tokenizer", None)  # the Rust tokenizer: same ids as tokenizer(...), less overhead
-    if backend is not None and hasattr(backend, "encode") and not getattr(tokenizer, "split_special_tokens", False):
-        encoding = backend.encode(text, add_special_tokens=False)
-        return encoding.ids, encoding
-    out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    if not getattr(out, "encodings", None):
-        raise ValueError("assistant-only labels need a fast tokenizer (character offsets); load it with use_fast=True")
-    return out["input_ids"], out.encodings[0]
-
-
 def _token_range(encoding, start: int, end: int, n_chars: int) -> Tuple[int, int]:
     """Tokens [first, last+1) overlapping characters [start, end)."""
     first = None
@@ -141,6 +131,39 @@ def _token_range(encoding, start: int, end: int, n_chars: int) -> Tuple[int, int
     return first, last + 1
 
 
+def template_strings(layout: TemplateLayout) -> List[str]:
+    """What the template writes around messages; the added tokens in them are where `ConversationEncoder` cuts."""
+    return [layout.generation_prompt, layout.assistant_header, *layout.assistant_ends, layout.user_end,
+            layout.system_end or ""]
+
+
+def tokenize_conversations(tokenizer, conversations: List[List[dict]], data: DataConfig,
+                           encoder: Optional[ConversationEncoder] = None) -> List[Union[Dict[str, List[int]], str]]:
+    """`tokenize_conversation` for a batch: one dict or, for a conversation that cannot be trained on, the reason (a
+    string), per conversation. The batch is tokenised in one call (`ConversationEncoder`); pass the same `encoder` for
+    every batch of a corpus so the pieces that repeat (system prompts, headers) are encoded once."""
+    layout = template_layout(tokenizer, data)
+    encoder = encoder or ConversationEncoder(tokenizer, template_strings(layout))
+    results: List[Union[Dict[str, List[int]], str]] = []
+    todo = []  # (index, text, spans)
+    for i, messages in enumerate(conversations):
+        if not any(m.get("role") == "assistant" for m in messages):
+            results.append("conversation has no assistant message: nothing to train on")
+            continue
+        try:
+            text = render(tokenizer, messages, data)
+            spans = assistant_spans(text, messages, layout)
+        except ValueError as e:
+            results.append(str(e))
+            continue
+        results.append("")
+        todo.append((i, text, spans))
+    encoded = encoder.encode([text for _, text, _ in todo]) if todo else []
+    for (i, text, spans), enc in zip(todo, encoded):
+        results[i] = _labelled(enc, len(text), spans, layout, data)
+    return results
+
+
 def tokenize_conversation(tokenizer, messages: List[dict], data: DataConfig) -> Dict[str, List[int]]:
     """{'input_ids', 'labels'} for one conversation; labels are -100 except on trained tokens (see module doc).
 
@@ -148,14 +171,16 @@ def tokenize_conversation(tokenizer, messages: List[dict], data: DataConfig) -> 
     once when the template did not write it, and a doubled BOS at the start is reduced to one.
     Raises ValueError with the reason when no assistant token would be trained.
     """
-    if not any(m.get("role") == "assistant" for m in messages):
-        raise ValueError("conversation has no assistant message: nothing to train on")
-    layout = template_layout(tokenizer, data)
-    text = render(tokenizer, messages, data)
-    spans = assistant_spans(text, messages, layout)
-    ids, encoding = _encode(tokenizer, text)
-    ids = list(ids)
+    result = tokenize_conversations(tokenizer, [messages], data)[0]
+    if isinstance(result, str):
+        raise ValueError(result)
+    return result
 
+
+def _labelled(encoding: Encoded, n_chars: int, spans: List[Tuple[int, int]], layout: TemplateLayout,
+              data: DataConfig) -> Union[Dict[str, List[int]], str]:
+    """Ids (with the BOS rule) and labels of one tokenised conversation, or the reason nothing would be trained."""
+    ids = encoding.ids
     shift = 0  # token index in `ids` = encoding index + shift
     bos = layout.bos_id
     if bos is not None:
@@ -168,7 +193,7 @@ def tokenize_conversation(tokenizer, messages: List[dict], data: DataConfig) -> 
     chosen = spans[-1:] if data.train_on == "last_assistant" else spans
     trained_assistant = 0
     for start, end in chosen:
-        first, stop = _token_range(encoding, start, end, len(text))
+        first, stop = _token_range(encoding, start, end, n_chars)
         first, stop = max(first + shift, 0), stop + shift
         labels[first:stop] = ids[first:stop]
         trained_assistant += max(stop - first, 0)
@@ -177,6 +202,6 @@ def tokenize_conversation(tokenizer, messages: List[dict], data: DataConfig) -> 
     if labels:
         labels[0] = IGNORE
     if trained_assistant == 0 or labels.count(IGNORE) == len(labels):
-        raise ValueError(f"no assistant token is labelled (data.train_on={data.train_on}); the sample would train on "
-                         f"nothing. Check that the conversation has a non-empty assistant reply")
+        return (f"no assistant token is labelled (data.train_on={data.train_on}); the sample would train on nothing. "
+                f"Check that the conversation has a non-empty assistant reply")
     return {"input_ids": ids, "labels": labels}

@@ -41,11 +41,14 @@ def handle_overlong(samples: List[dict], max_length: int, mode: str) -> Tuple[Li
     predicted from its true predecessor: no input token and no label is lost. Chunks that carry no label (e.g. the
     middle of a long prompt) teach nothing; they are dropped and counted (chunks_without_labels, and their new tokens
     in tokens_lost — prompt tokens, never labels).
+    mode 'split_all': as 'split', but chunks without labels are kept too, so no token at all is lost. They cost
+    compute and train nothing (a chunk never attends to the previous one); they are still counted in
+    chunks_without_labels.
     Returns (samples, counts) with counts {'overlong', 'dropped', 'split_into', 'tokens_lost', 'label_tokens_lost',
     'chunks_without_labels'}.
     """
-    if mode not in ("drop", "split"):
-        raise ValueError(f"data.overlong: '{mode}' is not one of drop, split")
+    if mode not in ("drop", "split", "split_all"):
+        raise ValueError(f"data.overlong: '{mode}' is not one of drop, split, split_all")
     if max_length < 2:
         raise ValueError(f"data.max_length must be at least 2, got {max_length}")
     counts = {"overlong": 0, "dropped": 0, "split_into": 0, "tokens_lost": 0, "label_tokens_lost": 0,
@@ -68,9 +71,10 @@ def handle_overlong(samples: List[dict], max_length: int, mode: str) -> Tuple[Li
             new_tokens = stop - start - (1 if start > 0 else 0)
             if all(x == IGNORE for x in chunk_labels):
                 counts["chunks_without_labels"] += 1
-                counts["dropped"] += 1
-                counts["tokens_lost"] += new_tokens
-                continue
+                if mode == "split":
+                    counts["dropped"] += 1
+                    counts["tokens_lost"] += new_tokens
+                    continue
             chunk = {k: v for k, v in sample.items() if k not in ("input_ids", "labels")}
             chunk["input_ids"], chunk["labels"] = list(ids[start:stop]), chunk_labels
             out.append(chunk)
@@ -184,6 +188,35 @@ def packed_rows(samples: List[dict], bins: Sequence[Sequence[int]]) -> List[dict
             positions.extend(range(n))
         rows.append({"input_ids": ids, "labels": labels, "position_ids": positions})
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Balancing an optimizer step across data-parallel ranks
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def balance_micro_batches(indices: Sequence[int], lengths: Sequence[int], world_size: int,
+                          grad_accum: int) -> List[List[List[int]]]:
+    """Deal the rows of one optimizer step to `world_size` ranks x `grad_accum` micro-batches so that every
+    micro-batch holds the same number of rows (the first len % K micro-batches one more, K = world_size * grad_accum)
+    and nearly the same number of tokens: rows go longest first to the micro-batch with the fewest tokens that still
+    has room (longest-processing-time greedy). The micro-batches are then ranked by tokens and dealt so that the
+    world_size busiest form the first accumulation step, and so on: ranks wait on each other as little as possible at
+    every collective. Returns result[rank][step] = row indices. Needs len(indices) >= K."""
+    k = world_size * grad_accum
+    if len(indices) < k:
+        raise ValueError(f"{len(indices)} rows cannot fill {world_size} ranks x {grad_accum} micro-batches")
+    room = [len(indices) // k + (1 if b < len(indices) % k else 0) for b in range(k)]
+    bins: List[List[int]] = [[] for _ in range(k)]
+    heap = [(0, b) for b in range(k)]  # (tokens so far, bin): bins that still have room
+    for row, length in sorted(zip(indices, lengths), key=lambda x: (-x[1], x[0])):
+        tokens, b = heapq.heappop(heap)
+        bins[b].append(row)
+        if len(bins[b]) < room[b]:
+            heapq.heappush(heap, (tokens + length, b))
+    length_of = dict(zip(indices, lengths))
+    ranked = sorted(bins, key=lambda rows: -sum(length_of[r] for r in rows))
+    return [[ranked[step * world_size + rank] for step in range(grad_accum)] for rank in range(world_size)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

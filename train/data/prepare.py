@@ -30,16 +30,18 @@ import pyarrow.compute as pc
 from datasets.arrow_writer import ArrowWriter
 
 from train.config import Config, DataConfig, DataSource, to_dict
+from train.data.encoding import ConversationEncoder
 from train.data.formats import RecordError, to_messages
-from train.data.labels import tokenize_conversation
+from train.data.labels import template_strings, tokenize_conversations
 from train.data.packing import IGNORE, handle_overlong, pack_bfd
 from train.data.quality import (DataError, Rejects, exact_duplicates, length_percentiles, near_duplicates, normalize,
                                  raise_or_count, split_train_eval)
 from train.data.report import write_report
 from train.data.sources import iter_raw_records, mix_indices, resolve_files
+from train.data.templates import template_layout
 
 COMPLETE = "COMPLETE"
-FINGERPRINT_VERSION = "2"
+FINGERPRINT_VERSION = "3"
 TRAIN_FILE, EVAL_FILE = "train.arrow", "eval.arrow"  # the rows, written once by _write_rows and memory-mapped
 
 
@@ -183,16 +185,16 @@ def _column(dataset: datasets.Dataset, name: str) -> np.ndarray:
 def _tokenize(dataset: datasets.Dataset, tokenizer, data: DataConfig, rejects: Rejects, name: str) -> datasets.Dataset:
     """Template + assistant-only labels for every conversation, in batches written to Arrow; adds `length` (tokens).
     A conversation with no trainable token raises or is counted (data.on_error) and is left out."""
+    encoder = ConversationEncoder(tokenizer, template_strings(template_layout(tokenizer, data)))
+
     def fn(batch):
         out: Dict[str, list] = {"input_ids": [], "labels": [], "length": [], "error": []}
-        for messages in batch["messages"]:
-            try:
-                sample, error = tokenize_conversation(tokenizer, messages, data), ""
-            except ValueError as e:
-                sample, error = {"input_ids": [], "labels": []}, str(e)
-            out["input_ids"].append(sample["input_ids"])
-            out["labels"].append(sample["labels"])
-            out["length"].append(len(sample["input_ids"]))
+        for sample in tokenize_conversations(tokenizer, batch["messages"], data, encoder):
+            error = sample if isinstance(sample, str) else ""
+            ids, labels = ([], []) if error else (sample["input_ids"], sample["labels"])
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["length"].append(len(ids))
             out["error"].append(error)
         return out
 
@@ -273,7 +275,8 @@ def _write_rows(sources, item_source: np.ndarray, item_row: np.ndarray, bins: Li
     0 for each member. Unpacked rows are the samples as they are. The token lists are gathered and concatenated with
     pyarrow and numpy (no Python list per token), so a group of rows costs one vectorised pass."""
     columns = ["input_ids", "labels"] + (["position_ids"] if packing else [])
-    features = datasets.Features({c: datasets.Sequence(datasets.Value("int32")) for c in columns})
+    features = datasets.Features({**{c: datasets.Sequence(datasets.Value("int32")) for c in columns},
+                                  "length": datasets.Value("int32")})  # real tokens: the balanced sampler reads it
     tables = [source.with_format("arrow") for source in sources]
     per_write = max(1, ROW_WRITE_TOKENS // max_length)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,8 +294,9 @@ def _write_rows(sources, item_source: np.ndarray, item_row: np.ndarray, bins: Li
         out = {"input_ids": ids, "labels": labels}
         if packing:
             out["position_ids"] = (np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths)).astype(np.int32)
-        writer.write_table(pa.table({c: pa.ListArray.from_arrays(row_offsets, pa.array(out[c], pa.int32()))
-                                     for c in columns}))
+        table = {c: pa.ListArray.from_arrays(row_offsets, pa.array(out[c], pa.int32())) for c in columns}
+        table["length"] = pa.array(np.diff(row_offsets.to_numpy()), pa.int32())
+        writer.write_table(pa.table(table))
     writer.finalize()
     return datasets.Dataset.from_file(str(path))
 
