@@ -163,7 +163,7 @@ def load_encoder(cfg, references):
         return None, []
     path = str(ENCODERS[name]()) if name in ENCODERS else name
     try:
-        encoder = SentenceEncoder(path, max_length=cfg.eval.embedding_max_length)
+        encoder = SentenceEncoder(path, max_length=cfg.eval.embedding_max_length, name=name)
     except (OSError, ValueError) as err:
         raise ConfigError(f"eval.embedding_model={name}: cannot load it as a sentence encoder ({err}). Use "
                           f"{' or '.join(ENCODERS)} (fetched offline), a local model folder, a hub id on a machine "

@@ -107,7 +107,7 @@ def test_score_all_corpus_bleu_and_report_order():
     assert metrics["bleu"] == pytest.approx((5 / 6 * 3 / 4 * 1 * 1) ** (1 / 4))
     assert "sentence_bleu" not in metrics and "sentence_bleu" in per_sample[1]
     assert metrics["rouge1_f1"] == pytest.approx((1 + 1 / 2) / 2) and metrics["exact_match"] == 0.5
-    assert list(metrics)[:4] == ["rouge1_f1", "rouge2_f1", "rougeL_f1", "bleu"]
+    assert list(metrics)[:6] == ["rouge1_f1", "rouge1_precision", "rouge1_recall", "rouge2_f1", "rougeL_f1", "bleu"]
 
 
 def test_report_files_and_png_chart(tmp_path):

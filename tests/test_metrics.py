@@ -98,6 +98,7 @@ def test_sentence_bleu_smoothing_and_perfect_match():
     assert tm.sentence_bleu(list("abcd"), list("abce")) == pytest.approx(expected)
     assert tm.sentence_bleu(list("abcdef"), list("abcdef")) == pytest.approx(1.0)
     assert tm.sentence_bleu([], list("ab")) == 0.0
+    assert tm.sentence_bleu(list("xyz"), list("abc")) == 0.0  # nothing in common: no smoothing makes it positive
     # longer than the reference: no brevity penalty, precision alone
     assert tm.sentence_bleu(list("aaaa"), list("a")) == pytest.approx(
         (1 / 4 * 1 / (2 * 3) * 1 / (4 * 2) * 1 / (8 * 1)) ** (1 / 4))

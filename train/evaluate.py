@@ -33,7 +33,8 @@ from train.data.formats import ANSWER_LABEL, PASSAGE_LABEL, QUESTION_LABEL
 ANSWER_MARKER = re.compile(r"(?:^|\n)[ \t]*(?:" + re.escape(ANSWER_LABEL.strip()) + r"|<ANSWER>:)[ \t]*")
 THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)  # an unclosed block (generation cut) runs to the end
 # the order of the report's rows; any other score follows in alphabetical order
-REPORT_ORDER = ("rouge1_f1", "rouge2_f1", "rougeL_f1", "bleu", "cosine", "exact_match", "parsed", "task_score")
+REPORT_ORDER = ("rouge1_f1", "rouge1_precision", "rouge1_recall", "rouge2_f1", "rougeL_f1", "bleu", "cosine",
+                "exact_match", "parsed", "task_score")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

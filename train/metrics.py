@@ -19,9 +19,9 @@ BLEU (Papineni et al. 2002): clipped n-gram precisions p1..p4, uniform weights, 
   `corpus_bleu` sums matches, n-gram totals and lengths over all samples before taking precisions and BP: the
   standard corpus BLEU, which the evaluation report shows. `sentence_bleu` scores one sample, for the per-sample file.
   Smoothing: a precision with zero matches becomes 1 / (2^k * total) for the k-th such order ("exp", Chen & Cherry
-  2014 method 3, sacrebleu's default), so one missing 4-gram does not zero a sentence; a candidate shorter than 4
-  tokens is scored on the orders it has (sentence BLEU only). Scores are in [0, 1]; x100 gives the 0-100 scale of
-  sacrebleu and seed 003.
+  2014 method 3, sacrebleu's default), so one missing 4-gram does not zero a sentence; but a candidate without a
+  single matching token scores 0. A candidate shorter than 4 tokens is scored on the orders it has (sentence BLEU
+  only). Scores are in [0, 1]; x100 gives the 0-100 scale of sacrebleu and seed 003.
 Cosine similarity: mean-pooled token embeddings of a sentence encoder (sentence-transformers layout), cosine of the
   two vectors. `hangul_coverage` measures how much Korean the encoder's tokenizer keeps intact: English-only encoders
   such as all-MiniLM-L6-v2 break Hangul into jamo or [UNK], and their Korean similarities mean little.
@@ -166,6 +166,8 @@ def bleu_from_stats(stats: BleuStats, effective_order: bool = False) -> float:
     candidate scores 0, as in standard corpus BLEU."""
     if stats.candidate_length == 0:
         return 1.0 if stats.reference_length == 0 else 0.0
+    if stats.matches[0] == 0:  # not one token in common: 0, whatever the smoothing would make of the higher orders
+        return 0.0
     log_sum, order, zero_orders = 0.0, 0, 0
     for matches, total in zip(stats.matches, stats.totals):
         if total == 0:  # no n-grams of this order in the candidate (it is shorter than n)
@@ -239,15 +241,15 @@ class SentenceEncoder:
     """A sentence-transformers style encoder folder (or hub id) loaded with plain transformers: token embeddings,
     pooled as its 1_Pooling/config.json says (mean by default, or CLS), compared by cosine."""
 
-    def __init__(self, name_or_path: str, max_length: int = 256, device: str = "cpu"):
+    def __init__(self, name_or_path: str, max_length: int = 256, device: str = "cpu", name: Optional[str] = None):
         from transformers import AutoModel, AutoTokenizer
 
-        self.name = str(name_or_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.name)
-        self.model = AutoModel.from_pretrained(self.name).to(device).eval()
+        self.name = name or str(name_or_path)  # for messages, e.g. the asset name instead of its folder
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        self.model = AutoModel.from_pretrained(name_or_path).to(device).eval()
         self.max_length = max_length
         self.device = device
-        pooling = Path(self.name) / "1_Pooling" / "config.json"
+        pooling = Path(name_or_path) / "1_Pooling" / "config.json"
         self.pooling = "mean"
         if pooling.is_file() and json.loads(pooling.read_text()).get("pooling_mode_cls_token"):
             self.pooling = "cls"
