@@ -289,7 +289,8 @@ def _fetch_minilm(out: Path) -> Dict:
         with zipfile.ZipFile(wheel_path) as wheel:
             members = [m for m in wheel.namelist() if m.startswith(MINILM_FOLDER) and not m.endswith("/")]
             if not any(m.endswith("model.safetensors") for m in members):
-                raise AssetError(f"{wheel_path.name} has no {MINILM_FOLDER}model.safetensors; pin {package}=={version}.")
+                raise AssetError(f"{wheel_path.name} has no {MINILM_FOLDER}model.safetensors; "
+                                 f"pin {package}=={version}.")
             for member in members:
                 target = out / member[len(MINILM_FOLDER):]
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +301,8 @@ def _fetch_minilm(out: Path) -> Dict:
     try:
         similarity = SentenceEncoder(str(out)).similarities(["The cat sits on the mat."], ["A cat is on a mat."])[0]
     except Exception as err:  # noqa: BLE001 - any load failure is reported with the asset's name
-        raise AssetError(f"all-MiniLM-L6-v2 from {package}=={version} does not load: {type(err).__name__}: {err}") from err
+        raise AssetError(f"all-MiniLM-L6-v2 from {package}=={version} does not load: "
+                         f"{type(err).__name__}: {err}") from err
     if not 0.5 < similarity <= 1.0001:
         raise AssetError(f"all-MiniLM-L6-v2 from {package}=={version} embeds two paraphrases {similarity:.2f} apart.")
     return {"registry": "pypi", "package": package, "version": version, "folder": MINILM_FOLDER,

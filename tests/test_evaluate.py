@@ -215,6 +215,7 @@ def test_validation_loss_and_early_stopping_keep_the_best_model(tmp_path):
     last = load_file(out / f"checkpoint-{stop}" / "adapter_model.safetensors")
     assert set(saved) == set(best) and all(saved[k].equal(best[k]) for k in best)
     assert not all(saved[k].equal(last[k]) for k in last)
+    assert f"early stopping: the saved model is step {best_step}" in (out / "README.md").read_text(encoding="utf-8")
 
 
 def test_balanced_subset_covers_every_group_in_order():

@@ -291,6 +291,7 @@ class SentenceEncoder:
             return None
         return (f"the cosine encoder {self.name} keeps only {100 * coverage:.0f}% of the Korean syllables in these "
                 f"texts whole (the rest become jamo or [UNK]): its cosine similarity is unreliable for Korean "
-                f"(all-MiniLM-L6-v2 scores unrelated Korean sentences around 0.7-0.8). Set eval.embedding_model to a "
-                f"multilingual sentence encoder (a local folder or hub id) for a meaningful score")
+                f"(all-MiniLM-L6-v2 rates an unrelated Korean sentence pair above a paraphrase). Set "
+                f"eval.embedding_model to a multilingual sentence encoder (a local folder or hub id) for a meaningful "
+                f"score")
 
