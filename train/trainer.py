@@ -70,6 +70,12 @@ def training_arguments(cfg: Config) -> TrainingArguments:
         logging_first_step=True,
         eval_strategy="steps" if t.eval_steps else "no",
         eval_steps=t.eval_steps or None,
+        # early stopping (train/sft.py adds the callback): the Trainer tracks the best eval_loss and, at the end,
+        # loads the best checkpoint, which rotate_checkpoints never deletes (config.py checks save_steps % eval_steps)
+        metric_for_best_model="eval_loss" if t.early_stopping_patience else None,
+        greater_is_better=False if t.early_stopping_patience else None,
+        load_best_model_at_end=bool(t.early_stopping_patience),
+        restore_callback_states_from_checkpoint=bool(t.early_stopping_patience),  # patience counter survives resume
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=None,  # rotation is ours: only after the newer checkpoint is complete (SFTTrainer)
@@ -179,7 +185,7 @@ class SFTTrainer(Trainer):
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
             mark_complete(folder, step=self.state.global_step, world_size=self.args.world_size,
                           reason=f"preempted ({StopRequest.signal_name})" if StopRequest.signal_name else "interval")
-            rotate_checkpoints(folder.parent, self.keep_checkpoints)
+            rotate_checkpoints(folder.parent, self.keep_checkpoints, protect=self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -392,8 +398,9 @@ def discard_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
     return broken
 
 
-def rotate_checkpoints(output_dir: str | Path, keep: Optional[int]) -> None:
-    """Keep the newest `keep` complete checkpoints; delete older folders (complete or not). Never the newest."""
+def rotate_checkpoints(output_dir: str | Path, keep: Optional[int], protect: Optional[str | Path] = None) -> None:
+    """Keep the newest `keep` complete checkpoints; delete older folders (complete or not). Never the newest, and
+    never `protect` (the best checkpoint so far, when early stopping will load it at the end)."""
     if not keep or keep < 1:
         return
     folders = _checkpoint_folders(output_dir)
@@ -401,8 +408,9 @@ def rotate_checkpoints(output_dir: str | Path, keep: Optional[int]) -> None:
     if len(complete_steps) <= keep:
         return
     oldest_kept = complete_steps[-keep]
+    protected = Path(protect).resolve() if protect else None
     for step, p in folders:
-        if step < oldest_kept:
+        if step < oldest_kept and p.resolve() != protected:
             shutil.rmtree(p, ignore_errors=True)
 
 
