@@ -45,3 +45,33 @@ def test_label_only_loss_and_grads_equal_plain_loss(packing):
     label_only_loss(model, batch, n_items)
     hook.remove()
     assert seen[0][0] == n_items < batch["input_ids"].numel()
+
+
+def test_gradient_checkpointing_recomputes_layers_and_keeps_loss_and_grads():
+    """train.gradient_checkpointing (activation checkpointing, non-reentrant, as training_arguments sets it) with the
+    label-only loss on packed rows: every decoder layer runs again in the backward pass, and the loss and gradients
+    are those without checkpointing."""
+    from train.packed_attention import PACKED_SDPA, register
+
+    register()
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    batch = Collator(pad_token_id=0, packing=True)(rows())
+    n_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=PACKED_SDPA)
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        model.train()
+        calls = []
+        model.model.layers[0].self_attn.register_forward_hook(lambda m, i, o: calls.append(1))  # inside the checkpoint
+        loss = label_only_loss(model, batch, n_items)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(calls)))
+    (plain_loss, plain_grads, plain_calls), (gc_loss, gc_grads, gc_calls) = results
+    assert (plain_calls, gc_calls) == (1, 2)  # recomputed in the backward pass
+    assert gc_loss == pytest.approx(plain_loss, abs=1e-6)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(gc_grads[name], grad, atol=1e-6), name
