@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.data_pipeline import _cpu_seconds, _memory_kb, machine, trl_available, write_corpus  # noqa: E402
+from bench.data_pipeline import _cpu_seconds, _memory_kb, machine, make_corpus, trl_available  # noqa: E402
 
 SEED = 42
 # Both sides: torch's fused AdamW (the same update as adamw_torch, the project's default, in one kernel per parameter
@@ -65,15 +65,32 @@ OPTIM = "adamw_torch_fused"
 WORKLOADS: Dict[str, Dict[str, Any]] = {
     "A": {"title": "tiny Llama (hidden 256, 4 layers) on the Qwen3 vocabulary, full fine-tuning, packed 1024",
           "model": "tiny-llama-qwen3", "method": "full", "max_length": 1024, "batch": 2, "learning_rate": 5e-4,
-          "samples": 300, "variants": ["ours", "ours-gc", "ours-blockmask", "trl", "trl-gc"]},
+          "samples": 300, "variants": ["ours", "ours-gc", "trl", "trl-gc"]},
     "B": {"title": "SmolLM2-135M-Instruct, LoRA r=16 all-linear, packed 512",
           "model": "smollm2", "method": "lora", "max_length": 512, "batch": 2, "learning_rate": 2e-4,
-          "samples": 300, "variants": ["ours", "ours-padded", "ours-blockmask", "trl"], "padded_batch": 4},
+          "samples": 300, "variants": ["ours", "ours-padded", "trl"], "padded_batch": 4},
+    "S": {"title": "SmolLM2-135M-Instruct, LoRA r=16 all-linear, short samples (keyword extraction, chit-chat) packed "
+                   "1024: the shape of the CPU demo's data; attention layouts only",
+          "model": "smollm2", "method": "lora", "max_length": 1024, "batch": 2, "learning_rate": 2e-4,
+          "samples": 300, "kinds": ["keyword", "chit_chat"], "variants": []},
     "quick": {"title": "tiny Llama (hidden 64, 2 layers, 600-token vocabulary), LoRA r=4, packed 256; every step "
                        "trains on all rows",
               "model": "tiny", "method": "lora", "max_length": 256, "batch": "all", "learning_rate": 5e-3,
               "samples": 12, "variants": ["ours"]},
 }
+
+
+def write_corpus(path: Path, n: int, kinds: Optional[List[str]] = None) -> Dict[str, int]:
+    """`n` records of bench/data_pipeline.py's corpus (only those of `kinds`, if given) as a `messages` JSONL file;
+    returns the number of records per kind."""
+    records = make_corpus(n if kinds is None else 4 * n)
+    records = [r for r in records if kinds is None or r["kind"] in kinds][:n]
+    counts: Dict[str, int] = {}
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            counts[record["kind"]] = counts.get(record["kind"], 0) + 1
+            f.write(json.dumps({"messages": record["messages"]}, ensure_ascii=False) + "\n")
+    return counts
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -206,9 +223,8 @@ def step_timer():
 def child_prepare(workload: str, scratch: Path, steps: int, optim: str) -> Dict[str, Any]:
     """Build the model and the prepared rows of every variant once, so that no measured process builds them."""
     out = {}
-    for variant in WORKLOADS[workload]["variants"]:
-        if variant not in ("ours", "ours-padded"):  # ours-gc and ours-blockmask read ours' rows
-            continue
+    for variant in ["ours"] + [v for v in WORKLOADS[workload]["variants"] if v == "ours-padded"]:  # the others
+        # (ours-gc, ours-blockmask, trl, the attention layouts) read ours' rows
         cfg = load_recipe(recipe(workload, variant, scratch, steps, optim), scratch / f"prepare-{variant}.yaml")
         _, data = prepared_rows(cfg)
         out[variant] = {"rows": len(data.train), "packing": data.report["packing"], "cache": str(data.path)}
@@ -282,6 +298,53 @@ def child_trl(workload: str, variant: str, scratch: Path, steps: int, optim: str
             "per_device_batch_size": t.per_device_batch_size}
 
 
+def child_attention(workload: str, scratch: Path, steps: int, optim: str, repeats: int = 2) -> Dict[str, Any]:
+    """Packed against padded, before and after, on the same samples: forward + backward of the label-only loss on
+    `batch` packed rows of the prepared data, picked at random (seeded), in three layouts, alternating, `repeats` times, the
+    best time of each (robust to a shared machine's bursts): the rows' samples right-padded in one batch (SDPA, what
+    data.packing=false trains on), the packed rows with transformers' block-diagonal mask (SDPA: before) and with
+    attention per sample block ("sdpa_packed": after)."""
+    import torch
+
+    from train.data.packing import Collator
+    from train.model import load_model
+    from train.packed_attention import PACKED_SDPA
+    from train.trainer import label_only_loss
+
+    cfg = load_recipe(recipe(workload, "ours", scratch, steps, optim), scratch / f"recipe-{workload}-attention.yaml")
+    tokenizer, data = prepared_rows(cfg)
+    import random
+
+    pick = random.Random(SEED).sample(range(len(data.train)), WORKLOADS[workload]["batch"])  # like a training step
+    rows = [data.train[i] for i in pick]
+    samples = []
+    for row in rows:
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["position_ids"])]
+        samples += [{"input_ids": row["input_ids"][a:b], "labels": row["labels"][a:b]}
+                    for a, b in zip(starts[:-1], starts[1:])]
+    batches = {"padded": Collator(tokenizer.pad_token_id, packing=False)(samples),
+               "packed": Collator(tokenizer.pad_token_id, packing=True)(rows)}
+    model = load_model(cfg, tokenizer).train()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layouts = {"padded": ("padded", "sdpa"), "packed, block mask (before)": ("packed", "sdpa"),
+               "packed, per sample (after)": ("packed", PACKED_SDPA)}
+    best = {name: float("inf") for name in layouts}
+    for _ in range(repeats):
+        for name, (layout, attention) in layouts.items():
+            base.set_attn_implementation(attention)
+            batch = batches[layout]
+            items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
+            start = time.perf_counter()
+            label_only_loss(model, batch, items).backward()
+            best[name] = min(best[name], time.perf_counter() - start)
+            model.zero_grad(set_to_none=True)
+    tokens = sum(len(s["input_ids"]) for s in samples)
+    return {"side": "ours", "samples": len(samples), "rows": len(rows), "tokens": tokens,
+            "padded_slots": int(batches["padded"]["input_ids"].numel()),
+            "layouts": {name: {"seconds": round(t, 3), "tokens_per_s": round(tokens / t, 1)}
+                        for name, t in best.items()}}
+
+
 def _child_main(spec: Dict[str, Any]) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["WANDB_DISABLED"] = "true"
@@ -290,6 +353,8 @@ def _child_main(spec: Dict[str, Any]) -> None:
     load_before = os.getloadavg()[0]
     if kind == "prepare":
         out = child_prepare(workload, scratch, steps, optim)
+    elif kind == "attention":
+        out = child_attention(workload, scratch, steps, optim)
     elif kind.startswith("trl"):
         out = child_trl(workload, kind, scratch, steps, optim)
     else:
@@ -366,6 +431,16 @@ def markdown(workload: str, rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def attention_table(workload: str, attention: Dict[str, Any]) -> str:
+    head = "| workload | layout | seconds (fwd + bwd, best of 2) | tokens/s |"
+    lines = [f"Attention layouts, workload {workload}: {attention['tokens']:,} tokens in {attention['samples']} "
+             f"samples, {attention['rows']} packed rows or {attention['padded_slots']:,} padded slots:", "", head,
+             "|---|---|---|---|"]
+    for name, r in attention["layouts"].items():
+        lines.append(f"| {workload} | {name} | {r['seconds']:.2f} | {r['tokens_per_s']:,.1f} |")
+    return "\n".join(lines)
+
+
 def loss_table(workload: str, rows: List[Dict[str, Any]]) -> str:
     head = "| step | " + " | ".join(r["variant"] for r in rows) + " |"
     lines = [f"Loss per optimizer step, workload {workload}:", "", head,
@@ -379,12 +454,13 @@ def loss_table(workload: str, rows: List[Dict[str, Any]]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default="A,B", help="comma-separated: A, B")
+    parser.add_argument("--workloads", default="A,B,S", help="comma-separated: A, B, S")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is a warm-up)")
     parser.add_argument("--quick", action="store_true", help="tiny model, our side only, 4 steps")
     parser.add_argument("--no-trl", action="store_true", help="measure our side only")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the runs, e.g. ours,trl")
     parser.add_argument("--optim", default=OPTIM, help="train.optim on both sides (default: %(default)s)")
+    parser.add_argument("--no-attention", action="store_true", help="skip the packed/padded attention layouts")
     parser.add_argument("--out", default=None, help="JSON result (default bench/results/train_throughput[_quick].json)")
     parser.add_argument("--scratch", default=None, help="folder for models, data and outputs (default: a temp folder)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -414,17 +490,21 @@ def main(argv=None) -> int:
             w = WORKLOADS[workload]
             work = scratch / workload
             work.mkdir(parents=True, exist_ok=True)
-            kinds = write_corpus(work / "corpus.jsonl", w["samples"])
+            kinds = write_corpus(work / "corpus.jsonl", w["samples"], kinds=w.get("kinds"))
             variants = [v for v in w["variants"] if (use_trl or not v.startswith("trl"))
                         and (args.variants is None or v in args.variants.split(","))]
             prepared = {} if args.quick else run_child("prepare", workload, work, steps, args.optim)
             runs = [run_child(v, workload, work, steps, args.optim) for v in variants]
             rows = [summarise(r) for r in runs]
-            table, losses = markdown(workload, rows), loss_table(workload, rows)
-            print(f"\n{workload}: {w['title']}\n\n{table}\n\n{losses}", flush=True)
-            tables.append(f"{table}\n\n{losses}")
+            attention = None if args.quick or args.no_attention else run_child("attention", workload, work, steps,
+                                                                                 args.optim)
+            parts = [markdown(workload, rows), loss_table(workload, rows)] if rows else []
+            parts += [attention_table(workload, attention)] if attention else []
+            print(f"\n{workload}: {w['title']}\n\n" + "\n\n".join(parts), flush=True)
+            tables.append("\n\n".join(parts))
             result["workloads"][workload] = {"title": w["title"], "corpus": kinds, "prepared": prepared,
-                                             "rows": rows, "runs": runs, "scratch": str(work)}
+                                             "rows": rows, "runs": runs, "attention": attention,
+                                             "scratch": str(work)}
         result["table"] = "\n\n".join(tables)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
