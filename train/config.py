@@ -114,6 +114,7 @@ class TrainConfig:
     resume: str = "auto"  # auto (newest complete checkpoint in output_dir) | never | <path to a checkpoint>
     seed: int = 42
     ddp_timeout_s: int = 7200  # collective timeout; raised from the 30 min default for long saves and evals
+    memory_check: bool = True  # refuse a run the memory plan predicts will not fit (launch plan); false: run anyway
 
 
 @dataclass
