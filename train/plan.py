@@ -917,13 +917,13 @@ def render(plan: Plan) -> str:
     where = hw.gpu if hw.device == "cuda" else "CPU process(es)"
     counted = "counted on the meta device" if s.exact_parameters else f"{s.family}, from config.json"
     lines = [
-        f"model   {s.name}: {_billions(s.exact_parameters or s.parameters().total)} parameters ({counted}); "
-        f"{s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} KV heads, MLP {s.intermediate}, "
-        f"vocab {s.vocab}{', tied embeddings' if s.tied else ''}",
+        f"model   {s.name}: {_billions(s.exact_parameters or s.parameters().total)} parameters ({counted})",
+        f"        {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} KV heads, MLP "
+        f"{s.intermediate}, vocab {s.vocab}{', tied embeddings' if s.tied else ''}",
         f"method  {plan.method}: {_billions(plan.trainable)} trainable parameters",
-        f"setup   {hw.nodes} node(s) x {hw.gpus_per_node} {where}, {hw.gpu_mem_gib:.1f} GiB each; sequence "
-        f"{plan.seq_len}, global batch {plan.global_batch} sequences ({plan.global_batch * plan.seq_len:,} tokens "
-        f"per optimizer step)",
+        f"setup   {hw.nodes} node(s) x {hw.gpus_per_node} {where} ({hw.gpu_mem_gib:.1f} GiB each)",
+        f"        sequence {plan.seq_len}, global batch {plan.global_batch} sequences "
+        f"({plan.global_batch * plan.seq_len:,} tokens per optimizer step)",
         "",
         f"{f'GiB per {unit}, micro-batch {plan.shown_micro_batch}':34}" + "".join(f"{n:>14}" for n in STRATEGIES),
     ]
