@@ -28,6 +28,7 @@ Step time and tokens/s come from the FLOP count at a stated utilisation (MFU) of
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -1030,6 +1031,8 @@ def launched_strategy(env) -> str:
     stage, offload = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 0) or 0), \
         env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")
     path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path and not Path(path).is_file() and (REPO / path).is_file():  # the shipped configs, launched from elsewhere
+        path = str(REPO / path)
     if path and Path(path).is_file():
         zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
         stage = int(zero.get("stage", stage))
@@ -1058,10 +1061,12 @@ def this_machine(env) -> Hardware:
                     gpu="CPU", tflops=1.0, device="cpu")
 
 
-def label_fraction(report: Optional[dict]) -> float:
-    """Share of the prepared rows' token slots that carry a label (data_report: packing.label_tokens); 1.0 unknown."""
+def label_fraction(report: Optional[dict], row_length: Optional[int] = None) -> float:
+    """Share of the token slots of the prepared rows (of `row_length`, default data.max_length) that carry a label,
+    from the data report (packing.label_tokens); 1.0 when unknown."""
     packing = (report or {}).get("packing") or {}
-    rows, width, labels = packing.get("rows"), packing.get("max_length"), packing.get("label_tokens")
+    rows, labels = packing.get("rows"), packing.get("label_tokens")
+    width = row_length or packing.get("max_length")
     if not rows or not width or labels is None:
         return 1.0
     return min(1.0, labels / (rows * width))
@@ -1085,10 +1090,14 @@ def check_memory(cfg, data_report: Optional[dict] = None, vocab: Optional[int] =
         return None
     if vocab and vocab > shape.vocab:  # tokens added to the vocabulary grow the embeddings and the logits
         shape = replace(shape, vocab=vocab)
+    longest = ((data_report or {}).get("token_lengths") or {}).get("max")
+    if not cfg.data.packing and longest and longest < cfg.data.max_length:  # unpacked rows are padded only to the
+        cfg = copy.deepcopy(cfg)  # longest sample of their batch: plan rows of the longest sample there is
+        cfg.data.max_length = int(longest)
     hw = hw or this_machine(env)
     strategy = launched_strategy(env)
-    plan = make_plan(shape, cfg, hw, Assumptions(label_fraction=label_fraction(data_report)),
-                     requested_strategy=strategy)
+    a = Assumptions(label_fraction=label_fraction(data_report, cfg.data.max_length))
+    plan = make_plan(shape, cfg, hw, a, requested_strategy=strategy)
     e = plan.requested.estimate
     unit = "GPU" if hw.device == "cuda" else "process (CPU RAM)"
     if e.fits:
