@@ -111,6 +111,13 @@ def test_lora_parameter_count_equals_peft(tiny_causal_lm, arch, targets):
     assert P.lora_parameters(shape, 4, targets) == trainable
     with pytest.raises(P.PlanError, match="none is a linear layer"):
         P.lora_targets(shape, ["c_attn"])
+    # trainable copies of the embeddings and output layer (added tokens) come on top
+    model = tiny_causal_lm(arch)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets[0] if targets == ["all-linear"] else
+                                                  targets, modules_to_save=["embed_tokens", "lm_head"]))
+    cfg = make_cfg(r=4, targets=targets)
+    cfg.lora.modules_to_save = ["embed_tokens", "lm_head"]
+    assert P.trainable_parameters(shape, cfg) == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -458,6 +465,13 @@ def test_check_memory_refuses_on_a_gpu_with_the_nearest_fit_and_the_recipe_can_o
     assert P.check_memory(cfg, env=zero3, hw=P.hardware("h100", gpus_per_node=8)).requested.estimate.fits
     cfg.train.memory_check = False
     assert P.check_memory(cfg, env={}, hw=P.hardware("h100")) is None
+    # unpacked rows are padded to the longest sample of their batch: planned at the longest prepared sample, with the
+    # prepared data's share of label tokens
+    cfg = make_cfg(method="lora", seq=2048, packing=False)
+    cfg.model.name_or_path = "llama3-8b"
+    report = {"packing": {"rows": 100, "label_tokens": 5000, "max_length": 2048}, "token_lengths": {"max": 500}}
+    plan = P.check_memory(cfg, report, env={}, hw=P.hardware("h100"))
+    assert plan.seq_len == 500 and cfg.data.max_length == 2048 and plan.assumptions.label_fraction == 0.1
 
 
 # ---------------------------------------------------------------------------------------------------------------------
