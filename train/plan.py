@@ -657,24 +657,23 @@ def estimate(shape: ModelShape, cfg, hw: Hardware, strategy: str, micro_batch: i
     grads = grads_all / share
     master = trainable * 4 / n if deepspeed else 0.0  # DeepSpeed's fp32 copy of this rank's partition
     states = trainable * state_per / share
-    if deepspeed:  # the step converts this rank's gradient partition to fp32 and steps it as one flat tensor
-        ds = deepspeed_settings(strategy, shape.hidden)  # ZeRO-3: in sub-groups of sub_group_size elements
-        chunk = trainable / n if strategy == "zero2" else min(trainable / n, ds["sub_group_size"])
-        step_temp = 4 * chunk + 4 * optimizer_step_temporary(cfg.train.optim, hw, chunk, chunk)
-    else:
-        largest = max(counts.embedding, counts.lm_head, *(a * b for a, b in shape.layer_linears().values())) \
-            if full else cfg.lora.r * max(a + b for a, b in shape.layer_linears().values())
-        step_temp = optimizer_step_temporary(cfg.train.optim, hw, trainable, largest) * state_dtype / share
+    dims = shape.layer_linears().values()
     buffers = grads_all if (strategy == "ddp" and n > 1) else 0.0  # DDP's buckets: a flat copy of all gradients
     cpu_per_node = 0.0
-    if deepspeed:
-        ds = deepspeed_settings(strategy, shape.hidden)
+    if deepspeed:  # the step converts this rank's gradient partition to fp32 and steps it as one flat tensor
+        ds = deepspeed_settings(strategy, shape.hidden)  # (ZeRO-3: in sub-groups of sub_group_size elements)
+        chunk = trainable / n if strategy == "zero2" else min(trainable / n, ds["sub_group_size"])
+        step_temp = 4 * chunk + 4 * optimizer_step_temporary(cfg.train.optim, hw, chunk, chunk)
         buffers = 2 * min(ds["reduce_bucket_size"], trainable) * p.weight  # two reduce buckets (overlap_comm)
         if strategy in ("zero3", "zero3_offload"):  # parameters gathered for the layers being computed
             per_param = (base / total_params) if cfg.method == "qlora" else p.weight
             live = min(ds["stage3_max_live_parameters"], total_params) * per_param
             head = max(counts.embedding, counts.lm_head) * (p.non_quantized if cfg.method == "qlora" else p.weight)
             buffers += max(live, head) + ds["stage3_prefetch_bucket_size"] * p.weight
+    else:
+        largest = max(counts.embedding, counts.lm_head, *(i * o for i, o in dims)) if full \
+            else cfg.lora.r * max(i + o for i, o in dims)
+        step_temp = optimizer_step_temporary(cfg.train.optim, hw, trainable, largest) * state_dtype / share
     if strategy == "fsdp":  # unsharded: two layers (current + prefetched, bf16), the root module (embeddings and
         # output layer, the whole step) and, for full fine-tuning, one layer's gradients before their reduce-scatter
         layer = counts.per_layer * (quantised / counts.linear if quantised else 2)
@@ -835,19 +834,17 @@ def minimum_gpus(shape, cfg, hw: Hardware, a: Assumptions, limit: int = 4096) ->
 def nearest_fit(shape, cfg, hw, strategy: str, requested: Estimate, global_batch: int,
                 a: Assumptions) -> Optional[Tuple[str, Choice]]:
     """What to change, least first, when the requested setting does not fit: a smaller micro-batch (same global batch),
-    gradient checkpointing, another strategy, more GPUs or a lighter method."""
+    then gradient checkpointing, then another strategy; None if none helps (Plan.min_gpus says how many GPUs would)."""
     per_gpu = global_batch // hw.world
     b = requested.micro_batch
-    for checkpointing, hint in ((requested.checkpointing, ""), (True, "enable gradient checkpointing")):
+    for checkpointing in dict.fromkeys((requested.checkpointing, True)):
         for micro in [d for d in _divisors(per_gpu) if d <= b]:
             e = estimate(shape, cfg, hw, strategy, micro, checkpointing, per_gpu // micro, a)
             if e.fits:
-                parts = []
-                if micro != b:
-                    parts.append(f"micro-batch {micro} with gradient accumulation {per_gpu // micro}")
-                if hint and not requested.checkpointing:
-                    parts.append(hint)
-                return " and ".join(parts), Choice(e, per_gpu // micro, global_batch)
+                change = [f"micro-batch {micro} with gradient accumulation {per_gpu // micro}"] if micro != b else []
+                if checkpointing and not requested.checkpointing:
+                    change.append("enable gradient checkpointing")
+                return " and ".join(change), Choice(e, per_gpu // micro, global_batch)
     for other in PREFERENCE:
         if other == strategy:
             continue
