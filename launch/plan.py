@@ -68,7 +68,8 @@ def plan_config(args):
 
 
 def cmd_plan(args) -> int:
-    from train.plan import Assumptions, PlanError, hardware, make_plan, read_shape, render, to_json
+    from train.model_shape import PlanError, read_shape
+    from train.plan import Assumptions, hardware, make_plan, render, to_json
     from train.sft import EXIT_USER_ERROR
 
     try:

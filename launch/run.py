@@ -64,7 +64,7 @@ def available_configs() -> list[str]:
 def model_shape(cfg):
     """The model's shape from its config.json (no weights are read); from the name (e.g. '70B') when the config
     cannot be reached; None if neither works."""
-    from train.plan import PlanError, read_shape, shape_from_name
+    from train.model_shape import PlanError, read_shape, shape_from_name
 
     try:
         return read_shape(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
@@ -91,7 +91,8 @@ def choose(cfg, gpus: int, gpu_gib: Optional[float], shape, nodes: int = 1) -> t
     """(accelerate config name, why) for a recipe on `nodes` x `gpus` GPUs of `gpu_gib` GiB each: the memory plan's
     recommendation. `shape` is a train.plan.ModelShape, a parameter count (a Llama-style shape of that size is
     assumed) or None (unknown: the usual choice for the method)."""
-    from train.plan import Hardware, estimate, make_plan, shape_from_parameter_count, strategy_label
+    from train.model_shape import shape_from_parameter_count
+    from train.plan import Hardware, estimate, make_plan, strategy_label
 
     if gpus == 0:
         return "cpu", "no GPU here: one CPU process (pass --accelerate cpu_ddp for several)"

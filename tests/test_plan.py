@@ -1,7 +1,8 @@
-"""The memory planner (train/plan.py, `python -m launch plan`, the check in train/sft.py) against independent
-measurements: parameter counts of the models transformers builds on the meta device, LoRA counts of peft, the tensors
-autograd saves (saved_tensors_hooks), the bytes bitsandbytes allocates for 4-bit weights, the peak memory of real
-training runs (train/sft.py in a subprocess), and published figures (QLoRA paper, LLaMA-Factory)."""
+"""The memory planner (train/model_shape.py, train/plan.py, `python -m launch plan`, train/memory_check.py in
+train/sft.py) against independent measurements: parameter counts of the models transformers builds on the meta device,
+LoRA counts of peft, the tensors autograd saves (saved_tensors_hooks), the bytes bitsandbytes allocates for 4-bit
+weights, the peak memory of real training runs (train/sft.py in a subprocess), and published figures (QLoRA paper,
+LLaMA-Factory, PEFT)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from train import memory_check as M
+from train import model_shape as S
 from train import plan as P
 from train.config import Config, DataConfig, LoraSettings, ModelConfig, QLoraSettings, TrainConfig, load_config
 
@@ -73,12 +76,12 @@ def test_parameter_counts_equal_the_models_transformers_builds_on_the_meta_devic
         sources.append(str(_write_config(tmp_path / name, cls(**small, **extra))))
     assert len(sources) >= 8
     for source in sources:
-        shape = P.read_shape(source)
-        total, linears = P.count_on_meta(source)
+        shape = S.read_shape(source)
+        total, linears = S.count_on_meta(source)
         assert shape.parameters().total == total, source
         assert shape.layer_linears() == linears, source
-    assert P.read_shape("llama3-8b").parameters().total == 8_030_261_248  # Meta's published 8.03B
-    assert P.read_shape("qwen3-8b").parameters().total == 8_190_735_360  # Qwen's published 8.19B
+    assert S.read_shape("llama3-8b").parameters().total == 8_030_261_248  # Meta's published 8.03B
+    assert S.read_shape("qwen3-8b").parameters().total == 8_190_735_360  # Qwen's published 8.19B
 
 
 def test_model_sources_and_clear_errors(tmp_path):
@@ -87,15 +90,15 @@ def test_model_sources_and_clear_errors(tmp_path):
     (folder / "config.json").write_text(json.dumps(llama_config(hidden_size=64, num_hidden_layers=2,
                                                                 num_attention_heads=4, intermediate_size=128,
                                                                 vocab_size=100)))
-    assert replace(P.read_shape(str(folder)), name="") == replace(P.read_shape(str(folder / "config.json")), name="")
-    assert P.read_shape("llama3-70b").layers == 80  # a name in configs/models/
+    assert replace(S.read_shape(str(folder)), name="") == replace(S.read_shape(str(folder / "config.json")), name="")
+    assert S.read_shape("llama3-70b").layers == 80  # a name in configs/models/
     (tmp_path / "bad.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
-    with pytest.raises(P.PlanError, match="num_hidden_layers, num_attention_heads, intermediate_size, vocab_size"):
-        P.read_shape(str(tmp_path / "bad.json"))
-    with pytest.raises(P.PlanError, match="llama3-8b"):  # offline: the hub id cannot be read; say what can be
-        P.read_shape("nobody/no-such-model")
-    assert P.shape_from_name("meta-llama/Llama-3.1-70B-Instruct").parameters().total == pytest.approx(70e9, rel=0.05)
-    assert P.shape_from_name("my-model") is None
+    with pytest.raises(S.PlanError, match="num_hidden_layers, num_attention_heads, intermediate_size, vocab_size"):
+        S.read_shape(str(tmp_path / "bad.json"))
+    with pytest.raises(S.PlanError, match="llama3-8b"):  # offline: the hub id cannot be read; say what can be
+        S.read_shape("nobody/no-such-model")
+    assert S.shape_from_name("meta-llama/Llama-3.1-70B-Instruct").parameters().total == pytest.approx(70e9, rel=0.05)
+    assert S.shape_from_name("my-model") is None
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
@@ -104,20 +107,20 @@ def test_lora_parameter_count_equals_peft(tiny_causal_lm, arch, targets):
     from peft import LoraConfig, get_peft_model
 
     model = tiny_causal_lm(arch)
-    shape = P.shape_from_config(model.config.to_dict(), arch)
+    shape = S.shape_from_config(model.config.to_dict(), arch)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear" if targets == ["all-linear"]
                                                   else targets))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    assert P.lora_parameters(shape, 4, targets) == trainable
-    with pytest.raises(P.PlanError, match="none is a linear layer"):
-        P.lora_targets(shape, ["c_attn"])
+    assert S.lora_parameters(shape, 4, targets) == trainable
+    with pytest.raises(S.PlanError, match="none is a linear layer"):
+        S.lora_targets(shape, ["c_attn"])
     # trainable copies of the embeddings and output layer (added tokens) come on top
     model = tiny_causal_lm(arch)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets[0] if targets == ["all-linear"] else
                                                   targets, modules_to_save=["embed_tokens", "lm_head"]))
     cfg = make_cfg(r=4, targets=targets)
     cfg.lora.modules_to_save = ["embed_tokens", "lm_head"]
-    assert P.trainable_parameters(shape, cfg) == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert S.trainable_parameters(shape, cfg) == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -189,7 +192,7 @@ def test_activation_formula_equals_the_tensors_autograd_saves(arch, dtype, attn,
     """Exactly, byte for byte: what layer_activation_bytes predicts per layer and token is what autograd keeps in
     transformers' Llama and Qwen3 layers (CPU; autocast as accelerate applies it on a GPU)."""
     measured, config = _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, autocast, packed)
-    shape = P.shape_from_config(config.to_dict(), arch)
+    shape = S.shape_from_config(config.to_dict(), arch)
     cfg = make_cfg(method=method, dtype=dtype, seq=32, r=8, targets=targets, dropout=dropout, attn=attn, packing=packed)
     p = P.precision(cfg, P.Hardware(device="cuda" if autocast else "cpu"), "ddp", P.Assumptions())
     p = replace(p, cuda=False)  # measured on a CPU: dropout masks in the input's dtype (1-byte booleans on a GPU)
@@ -219,7 +222,7 @@ def test_4bit_weights_take_the_bytes_bitsandbytes_allocates(tmp_path):
                 tensors += [t for t in state.as_dict(packed=False).values() if torch.is_tensor(t)]
             for t in tensors:
                 seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        shape = P.read_shape(str(folder))
+        shape = S.read_shape(str(folder))
         p = P.precision(cfg, P.Hardware(device="cpu"), "ddp", P.Assumptions())
         predicted, quantised = P.base_weight_bytes(shape, cfg, p)
         assert predicted == pytest.approx(sum(seen.values()), rel=2e-3), double_quant
@@ -290,9 +293,9 @@ def predict_peak(recipe: Path, *overrides: str) -> "P.Estimate":
     cfg = load_config(recipe, list(overrides))
     reports = list(Path(cfg.data.cache_dir).glob("*/report.json"))
     assert len(reports) == 1, reports
-    a = P.Assumptions(label_fraction=P.label_fraction(json.loads(reports[0].read_text())))
+    a = P.Assumptions(label_fraction=M.label_fraction(json.loads(reports[0].read_text())))
     hw = P.Hardware(device="cpu", gpu_mem_gib=64)
-    return P.estimate(P.read_shape(cfg.model.name_or_path), cfg, hw, "ddp", cfg.train.per_device_batch_size,
+    return P.estimate(S.read_shape(cfg.model.name_or_path), cfg, hw, "ddp", cfg.train.per_device_batch_size,
                       cfg.train.gradient_checkpointing, cfg.train.gradient_accumulation_steps, a)
 
 
@@ -348,7 +351,7 @@ def test_qlora_paper_65b_fits_one_48gb_gpu():
     Assumptions to match its code (qlora.py): LoRA weights and gradients in bf16 and the embeddings / output layer cast
     back to bf16 (this project's trainer keeps peft's fp32 for both); the figure counts tensors, so the planner's
     tensor peak is compared, without CUDA context and allocator fragmentation."""
-    shape = P.shape_from_config(LLAMA1_65B, "llama-65b")
+    shape = S.shape_from_config(LLAMA1_65B, "llama-65b")
     assert shape.parameters().total == pytest.approx(65.2e9, rel=0.01)
     cfg = make_cfg(method="qlora", seq=512, r=64, dropout=0.05, optim="paged_adamw_32bit", checkpointing=True)
     paper = P.Assumptions(adapter_dtype="bfloat16", non_quantized_dtype="bfloat16")
@@ -374,7 +377,7 @@ def test_llama_factory_70b_memory_table(method, gpus, strategy, published_gb):
     per-device batch 1, gradient checkpointing, AdamW, bf16), DeepSpeed ZeRO-3 when the model is split over GPUs, a
     Llama-2-70B shape; the job's memory is the sum of the planner's per-GPU tensor peaks on that many GPUs (an estimate
     table leaves CUDA context and allocator fragmentation out)."""
-    shape = P.shape_from_config(LLAMA2_70B, "llama-2-70b")
+    shape = S.shape_from_config(LLAMA2_70B, "llama-2-70b")
     cfg = make_cfg(method=method, seq=2048, r=8, dropout=0.0, checkpointing=True, accumulation=8)
     hw = P.Hardware(nodes=max(1, gpus // 8), gpus_per_node=min(gpus, 8), gpu_mem_gib=80)
     e = P.estimate(shape, cfg, hw, strategy, 1, True, 8)
@@ -386,7 +389,7 @@ def test_peft_docs_70b_qlora_zero3_on_two_gpus():
     linear layers, 2048 tokens, per-device batch 2, gradient checkpointing, bf16 4-bit storage). The planner's tensor
     peak for that run is the loading one: transformers puts the whole 4-bit base on every GPU before DeepSpeed
     partitions it (this README's finding on a CPU); the training peak after partitioning is lower."""
-    shape = P.shape_from_config(LLAMA2_70B, "llama-2-70b")
+    shape = S.shape_from_config(LLAMA2_70B, "llama-2-70b")
     cfg = make_cfg(method="qlora", seq=2048, r=8, dropout=0.1, checkpointing=True, micro_batch=2)
     e = P.estimate(shape, cfg, P.Hardware(gpus_per_node=2, gpu_mem_gib=80), "zero3", 2, True, 1)
     assert e.peak / GB == pytest.approx(36.6, rel=0.15)
@@ -399,7 +402,7 @@ def test_peft_docs_70b_qlora_zero3_on_two_gpus():
 
 
 def test_recommendation_prefers_the_least_sharding_and_the_fastest_setting_that_fits():
-    shape = P.read_shape("llama3-8b")
+    shape = S.read_shape("llama3-8b")
     lora = make_cfg(method="lora", seq=4096, micro_batch=1, accumulation=16)
     p = P.make_plan(shape, lora, P.hardware("h100"))
     c = p.recommended
@@ -422,7 +425,7 @@ def test_recommendation_prefers_the_least_sharding_and_the_fastest_setting_that_
 
 
 def test_nearest_fit_when_the_recipe_does_not_fit():
-    shape = P.read_shape("llama3-8b")
+    shape = S.read_shape("llama3-8b")
     cfg = make_cfg(method="lora", seq=4096, micro_batch=8, accumulation=2)  # 16 sequences per step on one GPU
     p = P.make_plan(shape, cfg, P.hardware("h100"), requested_strategy="ddp")
     assert not p.requested.estimate.fits
@@ -431,7 +434,7 @@ def test_nearest_fit_when_the_recipe_does_not_fit():
     assert choice.estimate.micro_batch * choice.grad_accum == 16  # the global batch is kept
     assert "DOES NOT FIT" in P.render(p) and "nearest fit" in P.render(p)
     # a 70B QLoRA cannot be loaded on one 24 GB card, nor sharded over one: at least two, with ZeRO-3
-    big = P.read_shape("llama3-70b")
+    big = S.read_shape("llama3-70b")
     q = make_cfg(method="qlora", seq=1024, checkpointing=True)
     p = P.make_plan(big, q, P.hardware("rtx4090"), requested_strategy="ddp")
     assert p.recommended is None and p.nearest is None and p.min_gpus >= 2
@@ -440,12 +443,12 @@ def test_nearest_fit_when_the_recipe_does_not_fit():
 
 
 def test_strategy_from_the_accelerate_environment():
-    assert P.launched_strategy({}) == "ddp"
-    assert P.launched_strategy({"ACCELERATE_USE_FSDP": "true"}) == "fsdp"
+    assert M.launched_strategy({}) == "ddp"
+    assert M.launched_strategy({"ACCELERATE_USE_FSDP": "true"}) == "fsdp"
     for name in ("zero2", "zero3", "zero3_offload"):
         env = {"ACCELERATE_USE_DEEPSPEED": "true",
                "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(REPO / f"configs/deepspeed/{name}.json")}
-        assert P.launched_strategy(env) == name
+        assert M.launched_strategy(env) == name
 
 
 def test_check_memory_refuses_on_a_gpu_with_the_nearest_fit_and_the_recipe_can_override():
@@ -454,23 +457,23 @@ def test_check_memory_refuses_on_a_gpu_with_the_nearest_fit_and_the_recipe_can_o
     cfg = make_cfg(method="full", seq=2048, micro_batch=4)
     cfg.model.name_or_path = "llama3-8b"
     with pytest.raises(ConfigError) as err:  # full fine-tuning of 8B on one 80 GB GPU under plain DDP
-        P.check_memory(cfg, env={}, hw=P.hardware("h100"))
+        M.check_memory(cfg, env={}, hw=P.hardware("h100"))
     message = str(err.value)
     assert "DOES NOT FIT" in message and "nearest setting that fits: use zero3_offload" in message
     assert "train.memory_check=false" in message
     zero3 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "configs/deepspeed/zero3.json"}
     with pytest.raises(ConfigError, match="gradient checkpointing"):  # 8 GPUs sharding: only activations to cut
-        P.check_memory(cfg, env=zero3, hw=P.hardware("h100", gpus_per_node=8))
+        M.check_memory(cfg, env=zero3, hw=P.hardware("h100", gpus_per_node=8))
     cfg.train.gradient_checkpointing = True
-    assert P.check_memory(cfg, env=zero3, hw=P.hardware("h100", gpus_per_node=8)).requested.estimate.fits
+    assert M.check_memory(cfg, env=zero3, hw=P.hardware("h100", gpus_per_node=8)).requested.estimate.fits
     cfg.train.memory_check = False
-    assert P.check_memory(cfg, env={}, hw=P.hardware("h100")) is None
+    assert M.check_memory(cfg, env={}, hw=P.hardware("h100")) is None
     # unpacked rows are padded to the longest sample of their batch: planned at the longest prepared sample, with the
     # prepared data's share of label tokens
     cfg = make_cfg(method="lora", seq=2048, packing=False)
     cfg.model.name_or_path = "llama3-8b"
     report = {"packing": {"rows": 100, "label_tokens": 5000, "max_length": 2048}, "token_lengths": {"max": 500}}
-    plan = P.check_memory(cfg, report, env={}, hw=P.hardware("h100"))
+    plan = M.check_memory(cfg, report, env={}, hw=P.hardware("h100"))
     assert plan.seq_len == 500 and cfg.data.max_length == 2048 and plan.assumptions.label_fraction == 0.1
 
 
@@ -491,7 +494,7 @@ def test_cli_plans_in_well_under_two_seconds_without_importing_torch():
     assert out["rc"] == 0 and out["heavy"] == [] and out["seconds"] < 2.0, out["seconds"]
     plan = out["plan"]
     assert plan["recommended"]["accelerate"] == "multi_gpu" and plan["recommended"]["fits"]
-    assert plan["model"]["parameters"] == P.read_shape("llama3-70b").parameters().total
+    assert plan["model"]["parameters"] == S.read_shape("llama3-70b").parameters().total
     assert set(plan["strategies"]) == {"ddp", "zero2", "zero3", "zero3_offload", "fsdp"}
     assert plan["strategies"]["zero3_offload"]["no_checkpointing"]["supported"] is False  # no 4-bit offload
 
@@ -541,7 +544,7 @@ def test_launch_run_takes_the_planners_recommendation():
 
     for method, gpus, gib in (("full", 8, 80), ("lora", 1, 24), ("qlora", 2, 24), ("lora", 8, 80)):
         cfg = load_config(REPO / "configs/recipes/demo_cpu.yaml", [f"method={method}", "model.name_or_path=llama3-8b"])
-        shape = P.read_shape("llama3-8b")
+        shape = S.read_shape("llama3-8b")
         hw = P.Hardware(gpus_per_node=gpus, gpu_mem_gib=gib)
         plan = P.make_plan(shape, cfg, hw)
         assert choose(cfg, gpus, gib, shape)[0] == P.strategy_label(plan.recommended.estimate.strategy, hw)

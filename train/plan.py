@@ -1,9 +1,12 @@
 """Memory and throughput planner: will a run fit, with which strategy, micro-batch and gradient accumulation, and how
 fast will it go, before any weight is loaded.
 
-    shape = read_shape("configs/models/llama3-8b.json")      # config.json only, no weights
+    shape = read_shape("configs/models/llama3-8b.json")      # train/model_shape.py: config.json only, no weights
     p = make_plan(shape, cfg, hardware("h100", gpus_per_node=8))   # cfg: a train.config.Config (the recipe)
     print(render(p))
+
+`python -m launch plan` prints it (launch/plan.py); train/sft.py checks a run with it (train/memory_check.py);
+`python -m launch run` takes its accelerate configuration from it (launch/run.py).
 
 What is counted per GPU (bytes), for DDP, ZeRO-2, ZeRO-3, ZeRO-3 with CPU offload and FSDP:
 - weights: the base in the model dtype, or 4-bit NF4/FP4 (0.5 byte per parameter plus the quantisation constants:
@@ -28,19 +31,16 @@ Step time and tokens/s come from the FLOP count at a stated utilisation (MFU) of
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import re
 import textwrap
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from train.config import ConfigError
+from train.model_shape import ModelShape, PlanError, lora_parameters, lora_targets, trainable_parameters
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO / "configs" / "models"
 DEEPSPEED_DIR = REPO / "configs" / "deepspeed"
 GIB = 1024 ** 3
 MIB = 1024 ** 2
@@ -48,14 +48,6 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STRATEGIES = ("ddp", "zero2", "zero3", "zero3_offload", "fsdp")
 PREFERENCE = ("ddp", "zero2", "zero3", "fsdp", "zero3_offload")  # least communication first; offload is slowest
 ACCELERATE_NAME = {"zero2": "zero2", "zero3": "zero3", "zero3_offload": "zero3_offload", "fsdp": "fsdp2"}
-
-
-class PlanError(ValueError):
-    """A model or setting the planner cannot use; the message says which and how to fix it."""
-
-
-class MemoryPlanError(ConfigError):
-    """The recipe's setting is predicted not to fit (check_memory); train/sft.py reports it with exit code 2."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -143,250 +135,6 @@ class Assumptions:
             "AdamW states in the parameter dtype (plain PyTorch), in fp32 with fp32 master weights under DeepSpeed and "
             "FSDP; LoRA adapters in fp32 (peft), in the model dtype under DeepSpeed",
         ]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Model shape from config.json (no weights)
-# ----------------------------------------------------------------------------------------------------------------------
-
-# canonical role -> module name, per family (the names LoRA target_modules refer to)
-LLAMA_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
-               "down": "down_proj"}
-FAMILY_NAMES = {"exaone": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "gate": "c_fc_0",
-                           "up": "c_fc_1", "down": "c_proj"}}
-# families whose layer layout the formulas below describe exactly (tests compare with the meta-device count)
-KNOWN_FAMILIES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "exaone"}
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    name: str
-    family: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    tied: bool
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    qk_norm: bool = False  # Qwen3 / Gemma-3: RMSNorm on each head's query and key
-    norms_per_layer: int = 2  # Gemma-2/3: 4 (norms before and after attention and MLP)
-    exact_parameters: Optional[int] = None  # counted on the meta device, when that was done
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    @property
-    def module_names(self) -> Dict[str, str]:
-        return FAMILY_NAMES.get(self.family, LLAMA_NAMES)
-
-    def layer_linears(self) -> Dict[str, Tuple[int, int]]:
-        """Linear layers of one decoder layer: module name -> (in_features, out_features)."""
-        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        dims = {"q": (h, q), "k": (h, kv), "v": (h, kv), "o": (q, h), "gate": (h, i), "up": (h, i), "down": (i, h)}
-        return {self.module_names[role]: d for role, d in dims.items()}
-
-    def parameters(self) -> "ParameterCounts":
-        h = self.hidden
-        linear = sum(a * b for a, b in self.layer_linears().values())
-        bias = ((self.q_dim + 2 * self.kv_dim) if self.qkv_bias else 0) + (h if self.o_bias else 0) \
-            + ((2 * self.intermediate + h) if self.mlp_bias else 0)
-        norms = self.norms_per_layer * h + (2 * self.head_dim if self.qk_norm else 0)
-        embedding = self.vocab * h
-        return ParameterCounts(embedding=embedding, lm_head=0 if self.tied else embedding,
-                               layer_linear=linear, layer_other=bias + norms, layers=self.layers, final_norm=h)
-
-
-@dataclass(frozen=True)
-class ParameterCounts:
-    embedding: int
-    lm_head: int  # 0 when tied to the embedding
-    layer_linear: int  # weights of the linear layers of one decoder layer (what 4-bit quantisation converts)
-    layer_other: int  # norms and biases of one decoder layer
-    layers: int
-    final_norm: int
-
-    @property
-    def linear(self) -> int:
-        return self.layers * self.layer_linear
-
-    @property
-    def per_layer(self) -> int:
-        return self.layer_linear + self.layer_other
-
-    @property
-    def total(self) -> int:
-        return self.embedding + self.lm_head + self.layers * self.per_layer + self.final_norm
-
-    @property
-    def non_quantized(self) -> int:
-        return self.total - self.linear
-
-
-def _get(config: dict, *keys, default=None):
-    for key in keys:
-        if config.get(key) is not None:
-            return config[key]
-    return default
-
-
-TIED_DEFAULT = {"gemma": True, "gemma2": True, "gemma3_text": True, "gemma3": True}
-
-
-def shape_from_config(config: dict, name: str = "model") -> ModelShape:
-    """A ModelShape from the dict of a config.json (multimodal configs: their text_config)."""
-    text = config.get("text_config")
-    if isinstance(text, dict) and "hidden_size" not in config:
-        config = {**text, "tie_word_embeddings": config.get("tie_word_embeddings", text.get("tie_word_embeddings"))}
-    family = str(config.get("model_type", "unknown"))
-    hidden = _get(config, "hidden_size", "n_embd", "d_model")
-    layers = _get(config, "num_hidden_layers", "num_layers", "n_layer")
-    heads = _get(config, "num_attention_heads", "n_head")
-    inter = _get(config, "intermediate_size", "ffn_hidden_size", "n_inner")
-    vocab = _get(config, "vocab_size")
-    missing = [k for k, v in {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-                              "intermediate_size": inter, "vocab_size": vocab}.items() if not v]
-    if missing:
-        raise PlanError(f"{name}: config.json has no {', '.join(missing)}; the planner needs the decoder's shape. "
-                        f"Pass --model with a Llama-style config.json (see configs/models/)")
-    kv = _get(config, "num_key_value_heads", default=heads)
-    head_dim = _get(config, "head_dim", default=hidden // heads)
-    tied = config.get("tie_word_embeddings")
-    if tied is None:
-        tied = TIED_DEFAULT.get(family, family not in KNOWN_FAMILIES)  # transformers' PretrainedConfig default: True
-    qkv_bias = family == "qwen2" or bool(config.get("attention_bias"))
-    return ModelShape(
-        name=name, family=family, hidden=int(hidden), layers=int(layers), heads=int(heads), kv_heads=int(kv),
-        head_dim=int(head_dim), intermediate=int(inter), vocab=int(vocab), tied=bool(tied), qkv_bias=qkv_bias,
-        o_bias=bool(config.get("attention_bias")) and family != "qwen2", mlp_bias=bool(config.get("mlp_bias")),
-        qk_norm=family in ("qwen3", "gemma3_text", "gemma3"),
-        norms_per_layer=4 if family.startswith(("gemma2", "gemma3")) else 2)
-
-
-def resolve_model_source(source: str) -> Tuple[Optional[Path], str]:
-    """(path of a config.json, display name) for a file, a model folder, or a name in configs/models/; (None, source)
-    for anything else (a hub id)."""
-    p = Path(source).expanduser()
-    if p.is_dir() and (p / "config.json").is_file():
-        return p / "config.json", source
-    if p.is_file():
-        return p, source
-    for candidate in (MODELS_DIR / f"{source}.json", MODELS_DIR / source / "config.json"):
-        if candidate.is_file():
-            return candidate, source
-    return None, source
-
-
-def read_shape(source: str, revision: Optional[str] = None, trust_remote_code: bool = False) -> ModelShape:
-    """The model's shape from its config.json: a file, a model folder, a name in configs/models/ (e.g. llama3-8b), or
-    a hub id (read with transformers.AutoConfig, which needs hub access or a cached copy). No weights are read."""
-    path, name = resolve_model_source(source)
-    if path is not None:
-        try:
-            shape = shape_from_config(json.loads(path.read_text(encoding="utf-8")), name)
-        except (OSError, json.JSONDecodeError) as e:
-            raise PlanError(f"{path}: not a readable config.json ({e})") from None
-    else:
-        try:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-        except Exception as e:  # no hub access, gated repository, unknown id
-            names = ", ".join(sorted(p.stem for p in MODELS_DIR.glob("*.json")))
-            raise PlanError(f"cannot read the config of '{source}' ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]}). Pass --model with a local config.json or model folder, "
-                            f"or one of: {names}") from None
-        shape = shape_from_config(config.to_dict(), name)
-    if shape.family not in KNOWN_FAMILIES:  # the formula assumes a Llama-style layer: count this one exactly
-        try:
-            shape = replace(shape, exact_parameters=count_on_meta(source, trust_remote_code)[0])
-        except Exception:  # transformers cannot build it here (remote code, not a causal LM): keep the formula
-            pass
-    return shape
-
-
-def count_on_meta(source: str, trust_remote_code: bool = False) -> Tuple[int, Dict[str, Tuple[int, int]]]:
-    """Exact parameter count and the decoder's linear layers (name -> (in, out), first layer only), from the model
-    built on the meta device by transformers (no memory, no weights; imports torch, so about 5 s)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    path, _ = resolve_model_source(source)
-    config = AutoConfig.from_pretrained(str(path) if path else source, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    total = sum(p.numel() for p in model.parameters())
-    head = model.get_output_embeddings()
-    linears = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and module is not head and ".0." in f".{name}.":
-            linears[name.rsplit(".", 1)[-1]] = (module.in_features, module.out_features)
-    return total, linears
-
-
-def shape_from_parameter_count(parameters: int, name: str = "model") -> ModelShape:
-    """A Llama-style decoder of about `parameters` parameters (hidden = 128 x layers, MLP 8/3 x hidden, vocab 32000):
-    what the planner assumes when only a size such as '70B' is known."""
-    hidden = 128 * max(1, round((128 * parameters / 12) ** (1 / 3) / 128))  # 12 h^2 per layer, layers = h / 128
-    inter = 256 * max(1, round(8 * hidden / 3 / 256))
-    per_layer = 4 * hidden * hidden + 3 * hidden * inter
-    layers = max(1, round((parameters - 2 * 32000 * hidden) / per_layer))
-    return ModelShape(name=name, family="llama", hidden=hidden, layers=layers, heads=hidden // 128,
-                      kv_heads=hidden // 128, head_dim=128, intermediate=inter, vocab=32000, tied=False)
-
-
-def shape_from_name(name: str) -> Optional[ModelShape]:
-    """'meta-llama/Llama-3.1-70B' -> a ~70B Llama-style shape; None when the name carries no size."""
-    match = re.search(r"(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])", name)
-    return shape_from_parameter_count(int(float(match.group(1)) * 1e9), name) if match else None
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# LoRA
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def lora_targets(shape: ModelShape, targets) -> List[str]:
-    """Names of the decoder's linear layers that LoRA adapts: all of them for 'all-linear' (peft leaves the output
-    layer out), else those whose name is in the list (peft matches the last part of a module's name)."""
-    names = list(shape.layer_linears())
-    targets = list(targets)
-    if targets == ["all-linear"]:
-        return names
-    chosen = [n for n in names if n in targets]
-    unknown = [t for t in targets if t not in names and t not in ("embed_tokens", "lm_head")]
-    if unknown and not chosen:
-        raise PlanError(f"lora.target_modules {targets}: none is a linear layer of this model (its linear layers: "
-                        f"{', '.join(names)}). Use names from that list, or [all-linear]")
-    return chosen
-
-
-def lora_parameters(shape: ModelShape, r: int, targets) -> int:
-    """A (r x in) and B (out x r) for every targeted linear layer of every decoder layer."""
-    dims = shape.layer_linears()
-    return shape.layers * sum(r * (dims[n][0] + dims[n][1]) for n in lora_targets(shape, targets))
-
-
-def modules_to_save_parameters(shape: ModelShape, modules) -> int:
-    counts = shape.parameters()
-    sizes = {"embed_tokens": counts.embedding, "lm_head": counts.lm_head or counts.embedding}
-    return sum(sizes.get(m, 0) for m in modules)
-
-
-def trainable_parameters(shape: ModelShape, cfg) -> int:
-    if cfg.method == "full":
-        return shape.exact_parameters or shape.parameters().total
-    return lora_parameters(shape, cfg.lora.r, cfg.lora.target_modules) + \
-        modules_to_save_parameters(shape, cfg.lora.modules_to_save)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -900,7 +648,7 @@ def make_plan(shape: ModelShape, cfg, hw: Hardware, a: Assumptions = Assumptions
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _gib(x: float) -> str:
+def format_gib(x: float) -> str:
     return f"{x / GIB:.1f}" if x >= 0.05 * GIB or x == 0 else f"{x / GIB:.2f}"
 
 
@@ -927,7 +675,7 @@ def render(plan: Plan) -> str:
     ]
     def row_of(label: str, part: str, i: int = 0) -> str:
         estimates = [plan.table[n][i] for n in STRATEGIES]  # unsupported strategies: blank cells
-        return f"{label:34}" + "".join(f"{_gib(e.parts.get(part, 0.0)) if e.supported else '':>14}" for e in estimates)
+        return f"{label:34}" + "".join(f"{format_gib(e.parts.get(part, 0.0)) if e.supported else '':>14}" for e in estimates)
 
     for part in dict.fromkeys(part for n in STRATEGIES for part in plan.table[n][0].parts):
         if part == "activations":
@@ -936,12 +684,12 @@ def render(plan: Plan) -> str:
         elif any(plan.table[n][0].parts.get(part, 0.0) for n in STRATEGIES):
             lines.append(row_of(part, part))
     for label, i in (("total, no checkpointing", 0), ("total, checkpointing", 1)):
-        cells = [("n/a" if not e.supported else f"{_gib(e.total)} {'ok' if e.fits else '--'}")
+        cells = [("n/a" if not e.supported else f"{format_gib(e.total)} {'ok' if e.fits else '--'}")
                  for e in (plan.table[n][i] for n in STRATEGIES)]
         lines.append(f"{label:34}" + "".join(f"{c:>14}" for c in cells))
     offload = plan.table["zero3_offload"][0].cpu_per_node if plan.table["zero3_offload"][0].supported else 0
     if offload:
-        lines.append(f"{'CPU RAM per node (offloaded)':34}" + f"{'':>14}" * 3 + f"{_gib(offload):>14}")
+        lines.append(f"{'CPU RAM per node (offloaded)':34}" + f"{'':>14}" * 3 + f"{format_gib(offload):>14}")
     why = "; ".join(f"{n}: {plan.table[n][0].note.split(':')[0]}" for n in STRATEGIES if plan.table[n][0].note)
     lines.append("ok: fits, --: does not" + (f", n/a: {why}" if why else ""))
     lines.append("")
@@ -950,15 +698,15 @@ def render(plan: Plan) -> str:
         verdict = "fits" if e.fits else f"DOES NOT FIT in {e.limit / GIB:.1f} GiB"
         lines.append(f"recipe       {strategy_label(e.strategy, hw)}, micro-batch {e.micro_batch}, gradient "
                      f"accumulation {plan.requested.grad_accum}, checkpointing {'on' if e.checkpointing else 'off'}"
-                     f" -> {_gib(e.total)} GiB per {unit}: {verdict}")
+                     f" -> {format_gib(e.total)} GiB per {unit}: {verdict}")
         if plan.nearest is not None:
             what, c = plan.nearest
-            lines.append(f"nearest fit  {what} -> {_gib(c.estimate.total)} GiB ({' '.join(c.overrides)})")
+            lines.append(f"nearest fit  {what} -> {format_gib(c.estimate.total)} GiB ({' '.join(c.overrides)})")
     if plan.recommended is not None:
         c, e = plan.recommended, plan.recommended.estimate
         lines.append(f"recommended  {strategy_label(e.strategy, hw)}, micro-batch {e.micro_batch}, gradient "
                      f"accumulation {c.grad_accum}, gradient checkpointing {'on' if e.checkpointing else 'off'} -> "
-                     f"{_gib(e.total)} of {e.limit / GIB:.1f} GiB per {unit}")
+                     f"{format_gib(e.total)} of {e.limit / GIB:.1f} GiB per {unit}")
         lines.append(f"             {' '.join(c.overrides)}")
     elif plan.min_gpus:
         lines.append(f"nothing fits on {hw.world} x {hw.gpu_mem_gib:.1f} GiB: it needs at least {plan.min_gpus} such "
@@ -1012,112 +760,3 @@ def to_json(plan: Plan) -> dict:
         "min_gpus": plan.min_gpus, "flops_per_token": plan.flops_per_token, "step_seconds": plan.step_seconds,
         "tokens_per_second": plan.tokens_per_second, "notes": plan.notes,
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The check train/sft.py runs before loading the model
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def launched_strategy(env) -> str:
-    """The strategy accelerate launch set up for this process (a plain `python train/sft.py` is 'ddp' of one)."""
-    if str(env.get("ACCELERATE_USE_FSDP", "")).lower() == "true":
-        return "fsdp"
-    if str(env.get("ACCELERATE_USE_DEEPSPEED", "")).lower() != "true":
-        return "ddp"
-    stage, offload = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 0) or 0), \
-        env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")
-    path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if path and not Path(path).is_file() and (REPO / path).is_file():  # the shipped configs, launched from elsewhere
-        path = str(REPO / path)
-    if path and Path(path).is_file():
-        zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
-        stage = int(zero.get("stage", stage))
-        offload = (zero.get("offload_param") or {}).get("device", offload)
-    if stage == 3:
-        return "zero3_offload" if offload == "cpu" else "zero3"
-    return "zero2"  # stage 1 shards only the optimizer states: planned as ZeRO-2, which also shards gradients
-
-
-def this_machine(env) -> Hardware:
-    """This process's share of the machine: its GPU (all ranks alike), or on a CPU the RAM divided by the processes
-    on this node."""
-    world = int(env.get("WORLD_SIZE", 1))
-    local = int(env.get("LOCAL_WORLD_SIZE", world))
-    nodes = max(1, world // max(local, 1))
-    import torch
-
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(int(env.get("LOCAL_RANK", 0)))
-        known = next((g for g in GPUS.values() if g.name.split()[0] in props.name), None)
-        return Hardware(nodes=nodes, gpus_per_node=local, gpu_mem_gib=props.total_memory / GIB, gpu=props.name,
-                        tflops=known.bf16_tflops if known else GPUS["h100"].bf16_tflops, device="cuda")
-    import psutil
-
-    return Hardware(nodes=nodes, gpus_per_node=local, gpu_mem_gib=psutil.virtual_memory().total / GIB / local,
-                    gpu="CPU", tflops=1.0, device="cpu")
-
-
-def label_fraction(report: Optional[dict], row_length: Optional[int] = None) -> float:
-    """Share of the token slots of the prepared rows (of `row_length`, default data.max_length) that carry a label,
-    from the data report (packing.label_tokens); 1.0 when unknown."""
-    packing = (report or {}).get("packing") or {}
-    rows, labels = packing.get("rows"), packing.get("label_tokens")
-    width = row_length or packing.get("max_length")
-    if not rows or not width or labels is None:
-        return 1.0
-    return min(1.0, labels / (rows * width))
-
-
-def check_memory(cfg, data_report: Optional[dict] = None, vocab: Optional[int] = None, env=None,
-                 hw: Optional[Hardware] = None) -> Optional[Plan]:
-    """Plan this process's run and raise MemoryPlanError (train/sft.py: exit code 2) when it is predicted not to fit,
-    with the plan and the nearest setting that fits. `train.memory_check: false` skips it. On a CPU the budget is
-    the machine's RAM per process, so small CPU runs (tests, `make demo`) always pass."""
-    import os
-
-    if not cfg.train.memory_check:
-        print("memory check: skipped (train.memory_check=false)", flush=True)
-        return None
-    env = os.environ if env is None else env
-    try:
-        shape = read_shape(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
-    except PlanError as e:
-        print(f"memory check: skipped, {e}", flush=True)
-        return None
-    if vocab and vocab > shape.vocab:  # tokens added to the vocabulary grow the embeddings and the logits
-        shape = replace(shape, vocab=vocab)
-    longest = ((data_report or {}).get("token_lengths") or {}).get("max")
-    if not cfg.data.packing and longest and longest < cfg.data.max_length:  # unpacked rows are padded only to the
-        cfg = copy.deepcopy(cfg)  # longest sample of their batch: plan rows of the longest sample there is
-        cfg.data.max_length = int(longest)
-    hw = hw or this_machine(env)
-    strategy = launched_strategy(env)
-    a = Assumptions(label_fraction=label_fraction(data_report, cfg.data.max_length))
-    plan = make_plan(shape, cfg, hw, a, requested_strategy=strategy)
-    e = plan.requested.estimate
-    unit = "GPU" if hw.device == "cuda" else "process (CPU RAM)"
-    if e.fits:
-        print(f"memory check: {_gib(e.total)} of {e.limit / GIB:.1f} GiB per {unit} predicted "
-              f"({strategy_label(strategy, hw)}, micro-batch {e.micro_batch}, checkpointing "
-              f"{'on' if e.checkpointing else 'off'}; python -m launch plan --config <recipe> for the breakdown)",
-              flush=True)
-        return plan
-    if not e.supported:
-        fix = f"{strategy} cannot run this: {e.note}"
-    elif plan.nearest is not None:
-        what, c = plan.nearest
-        launch = f" (python -m launch run --accelerate {strategy_label(c.estimate.strategy, hw)})" \
-            if c.estimate.strategy != strategy else ""
-        fix = f"nearest setting that fits: {what}{launch}: {' '.join(c.overrides)}"
-    elif hw.device == "cpu":
-        fix = "nothing fits in this machine's RAM: train on a GPU machine (python -m launch plan --config <recipe> " \
-              "--gpus-per-node N --gpu h100 shows what fits there)"
-    else:
-        more = f"at least {plan.min_gpus} GPUs of this size, " if plan.min_gpus else ""
-        lighter = {"full": "method=lora", "lora": "method=qlora"}.get(cfg.method)
-        fix = f"nothing fits on {hw.world} GPU(s): use {more}{'or ' + lighter + ', ' if lighter else ''}or larger GPUs"
-    raise MemoryPlanError(
-        f"the memory plan predicts {_gib(e.total)} GiB per {unit} but {e.limit / GIB:.1f} GiB are available "
-        f"({strategy_label(strategy, hw)}, micro-batch {e.micro_batch}, gradient checkpointing "
-        f"{'on' if e.checkpointing else 'off'}). {fix}. To run anyway, set train.memory_check=false.\n\n{render(plan)}")
