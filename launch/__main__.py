@@ -7,6 +7,8 @@
                                                                choose the accelerate config, print the command, train
     python -m launch slurm --config R --nodes N --gpus-per-node G [--partition P] [--time T] [--dry-run | --submit]
                                                                render the sbatch script (and submit it)
+    python -m launch plan --config R | --model M [--nodes N --gpus-per-node G --gpu h100] [--json] [key=value ...]
+                                                               memory per GPU per strategy, what fits, step time
 
 This side never joins a process group.
 """
@@ -194,11 +196,13 @@ def main(argv=None) -> int:
     e.add_argument("overrides", nargs="*")
     e.set_defaults(func=cmd_eval)
 
+    from launch.plan import add_parser as add_plan_parser
     from launch.run import add_parser as add_run_parser
     from launch.slurm import add_parser as add_slurm_parser
 
     add_run_parser(sub)
     add_slurm_parser(sub)
+    add_plan_parser(sub)
 
     args = parser.parse_args(argv)
     from launch.assets import AssetError

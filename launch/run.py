@@ -1,12 +1,10 @@
 """`python -m launch run`: pick the accelerate configuration that suits a recipe on this machine, print the exact
 `accelerate launch ...` command, then run it (or stop there with --dry-run).
 
-The choice, when --accelerate is not given (weights/optimizer memory only; `python -m launch plan` will add
-activations):
-  no GPU                → one CPU process (or --accelerate cpu_ddp for several)
-  1 GPU                 → single_gpu; full SFT that does not fit → zero3_offload
-  N GPUs, LoRA / QLoRA  → multi_gpu (DDP) when the frozen base fits on one GPU, else zero3
-  N GPUs, full SFT      → zero2 when weights + 1/N of gradients and Adam states fit, else zero3, else zero3_offload
+The choice, when --accelerate is not given, is the memory planner's (train/plan.py, `python -m launch plan`): the
+first of DDP (single_gpu / multi_gpu), ZeRO-2, ZeRO-3, FSDP, ZeRO-3 offload whose weights, gradients, optimizer
+states, activations and overhead fit the GPUs with some micro-batch (gradient checkpointing if needed); no GPU → one
+CPU process (or --accelerate cpu_ddp for several).
 Combinations that cannot work are refused before anything starts, with the reason and the fix.
 
 Preemption: SIGTERM or SIGUSR1 sent to this command is passed to the training processes as SIGUSR1 (the launcher
@@ -18,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -32,11 +29,6 @@ from train.sft import EXIT_PREEMPTED, EXIT_USER_ERROR
 REPO = Path(__file__).resolve().parent.parent
 ACCELERATE_DIR = REPO / "configs" / "accelerate"
 GIB = 1024 ** 3
-
-# Bytes per parameter of the model states, bf16 weights with fp32 Adam states (mixed precision).
-FULL_BYTES = 16  # 2 weights + 2 gradients + 12 (fp32 master weights, Adam m and v)
-FROZEN_BYTES = {"lora": 2.0, "qlora": 0.56}  # 16-bit base; 4-bit nf4 + double-quant constants
-USABLE_FRACTION = 0.85  # leave room for activations, the CUDA context and fragmentation
 
 
 class LaunchError(ValueError):
@@ -69,21 +61,15 @@ def available_configs() -> list[str]:
     return sorted(p.stem for p in ACCELERATE_DIR.glob("*.yaml"))
 
 
-def model_parameters(cfg) -> Optional[int]:
-    """Parameter count from the model's config (no weights are read: the model is built on the meta device); from
-    the name (e.g. '70B') when the config cannot be reached; None if neither works."""
-    try:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+def model_shape(cfg):
+    """The model's shape from its config.json (no weights are read); from the name (e.g. '70B') when the config
+    cannot be reached; None if neither works."""
+    from train.model_shape import PlanError, read_shape, shape_from_name
 
-        config = AutoConfig.from_pretrained(cfg.model.name_or_path, revision=cfg.model.revision,
-                                            trust_remote_code=cfg.model.trust_remote_code)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
-        return sum(p.numel() for p in model.parameters())
-    except Exception:  # no hub access on this machine, or an unknown architecture: fall back to the name
-        match = re.search(r"(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])", cfg.model.name_or_path)
-        return int(float(match.group(1)) * 1e9) if match else None
+    try:
+        return read_shape(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    except PlanError:  # no hub access on this machine, or not a decoder config: fall back to the name
+        return shape_from_name(cfg.model.name_or_path)
 
 
 def local_gpus() -> tuple[int, Optional[float]]:
@@ -101,37 +87,40 @@ def _mixed_precision(cfg, cuda: bool) -> list[str]:
     return ["--mixed_precision", "fp16" if cfg.model.dtype == "float16" else "bf16"]
 
 
-def choose(cfg, gpus: int, gpu_gib: Optional[float], params: Optional[int]) -> tuple[str, str]:
-    """(accelerate config name, why) for a recipe on `gpus` GPUs of `gpu_gib` GiB each."""
+def choose(cfg, gpus: int, gpu_gib: Optional[float], shape, nodes: int = 1) -> tuple[str, str]:
+    """(accelerate config name, why) for a recipe on `nodes` x `gpus` GPUs of `gpu_gib` GiB each: the memory plan's
+    recommendation. `shape` is a train.plan.ModelShape, a parameter count (a Llama-style shape of that size is
+    assumed) or None (unknown: the usual choice for the method)."""
+    from train.model_shape import shape_from_parameter_count
+    from train.plan import Hardware, estimate, make_plan, strategy_label
+
     if gpus == 0:
         return "cpu", "no GPU here: one CPU process (pass --accelerate cpu_ddp for several)"
-    if params is None:
+    if shape is None:
         name = "single_gpu" if gpus == 1 else ("zero3" if cfg.method == "full" else "multi_gpu")
         return name, "model size unknown (config not reachable): the usual choice for the method"
-    usable = USABLE_FRACTION * gpu_gib * GIB
-    size = f"{params / 1e9:.1f}B parameters, {gpus} x {gpu_gib:.0f} GiB"
-    if cfg.method == "full":
-        if gpus == 1:
-            if FULL_BYTES * params <= usable:
-                return "single_gpu", f"{size}: weights, gradients and Adam states fit on one GPU"
-            return "zero3_offload", f"{size}: full SFT does not fit one GPU; optimizer and weights offloaded to CPU"
-        if 2 * params + (FULL_BYTES - 2) * params / gpus <= usable:
-            return "zero2", f"{size}: weights fit on each GPU; gradients and Adam states sharded (ZeRO-2)"
-        if FULL_BYTES * params / gpus <= usable:
-            return "zero3", f"{size}: weights, gradients and Adam states sharded over {gpus} GPUs (ZeRO-3)"
-        return "zero3_offload", f"{size}: even sharded, the states do not fit; offloaded to CPU memory"
-    frozen = FROZEN_BYTES[cfg.method] * params
-    if frozen <= usable:
-        if gpus == 1:
-            return "single_gpu", f"{size}: the frozen base fits on the GPU"
-        return "multi_gpu", f"{size}: the frozen base fits on one GPU; data parallel (DDP) over {gpus}"
-    if gpus > 1 and frozen / gpus <= usable:
-        return "zero3", f"{size}: the frozen base does not fit one GPU; sharded over {gpus} GPUs (ZeRO-3)"
-    need = int(frozen // usable) + 1
-    hint = " or method=qlora" if cfg.method == "lora" else ""
-    raise LaunchError(f"{cfg.model.name_or_path} with method={cfg.method} needs about {frozen / GIB:.0f} GiB for its "
-                      f"frozen weights; {gpus} GPU(s) of {gpu_gib:.0f} GiB cannot hold it. Use at least {need} GPUs"
-                      f"{hint}")
+    if isinstance(shape, int):
+        shape = shape_from_parameter_count(shape, cfg.model.name_or_path)
+    hw = Hardware(nodes=nodes, gpus_per_node=gpus, gpu_mem_gib=gpu_gib)
+    plan = make_plan(shape, cfg, hw)
+    params = shape.exact_parameters or shape.parameters().total
+    size = f"{params / 1e9:.1f}B parameters, {hw.world} x {gpu_gib:.0f} GiB"
+    if plan.recommended is None:
+        need = f"Use at least {plan.min_gpus} GPUs" if plan.min_gpus else "Use more or larger GPUs"
+        hint = {"full": " or method=lora", "lora": " or method=qlora"}.get(cfg.method, "")
+        raise LaunchError(f"{cfg.model.name_or_path} with method={cfg.method} does not fit {hw.world} GPU(s) of "
+                          f"{gpu_gib:.0f} GiB with any strategy, micro-batch 1 and gradient checkpointing ({size}). "
+                          f"{need}{hint}; python -m launch plan --config <recipe> shows the breakdown")
+    c = plan.recommended
+    e = c.estimate
+    reason = (f"{size}: fits with micro-batch {e.micro_batch}, gradient accumulation {c.grad_accum}, checkpointing "
+              f"{'on' if e.checkpointing else 'off'} ({e.total / GIB:.1f} GiB per GPU; python -m launch plan for the "
+              f"breakdown)")
+    b, per_gpu = cfg.train.per_device_batch_size, c.grad_accum * e.micro_batch
+    mine = estimate(shape, cfg, hw, e.strategy, b, cfg.train.gradient_checkpointing, max(1, per_gpu // b))
+    if not mine.fits:
+        reason += f". The recipe's own setting needs {mine.total / GIB:.1f} GiB: set {' '.join(c.overrides)}"
+    return strategy_label(e.strategy, hw), reason
 
 
 def check(cfg, name: str, gpus: int, cuda: bool) -> None:
@@ -149,21 +138,12 @@ def check(cfg, name: str, gpus: int, cuda: bool) -> None:
     if name == "single_gpu" and gpus > 1:
         raise LaunchError(f"--accelerate single_gpu runs one process, but --gpus {gpus} asks for more. Use multi_gpu, "
                           f"zero2, zero3 or fsdp2, or --gpus 1")
-    sharded = name.startswith("zero3") or name == "fsdp2"
-    if cfg.method == "qlora" and sharded:
-        from train.config import resolved_quant_storage
+    from train.plan import method_conflict
 
-        if resolved_quant_storage(cfg) == "uint8":
-            raise LaunchError(f"method=qlora under {name} needs the 4-bit weights stored in the model dtype so they "
-                              f"can be flattened and sharded; qlora.quant_storage=uint8 fails ('Cannot flatten "
-                              f"integer dtype tensors'). Set qlora.quant_storage=auto")
-        if name == "zero3_offload":
-            raise LaunchError("method=qlora cannot use zero3_offload: DeepSpeed cannot offload bitsandbytes 4-bit "
-                              "weights to CPU. Use zero3, or method=lora with zero3_offload")
-    if name == "fsdp2" and cfg.method == "qlora" and cfg.qlora.compute_dtype != cfg.model.dtype:
-        raise LaunchError(f"method=qlora under fsdp2 needs qlora.compute_dtype = model.dtype (now "
-                          f"{cfg.qlora.compute_dtype} vs {cfg.model.dtype}): FSDP shards one dtype. Set both to "
-                          f"bfloat16")
+    strategy = {"fsdp2": "fsdp", "multi_node_zero3": "zero3"}.get(name, name)
+    conflict = method_conflict(strategy, cfg)  # the planner's rules: it never recommends what is refused here
+    if conflict:
+        raise LaunchError(conflict)
 
 
 def plan(cfg, accelerate: Optional[str] = None, gpus: Optional[int] = None, gpu_gib: Optional[float] = None,
@@ -179,7 +159,7 @@ def plan(cfg, accelerate: Optional[str] = None, gpus: Optional[int] = None, gpu_
     n = have if gpus is None else gpus
     gib = gpu_gib or have_gib or 80.0  # an 80 GiB A100/H100 when planning on a machine without GPUs
     if accelerate is None:
-        name, reason = choose(cfg, n if cuda else 0, gib, model_parameters(cfg))
+        name, reason = choose(cfg, n if cuda else 0, gib, model_shape(cfg), nodes)
     else:
         name, reason = accelerate, "chosen with --accelerate"
     check(cfg, name, n, cuda)

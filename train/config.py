@@ -121,6 +121,7 @@ class TrainConfig:
     # balanced: every optimizer step's rows are dealt out so that data-parallel ranks and micro-batches carry nearly
     # the same work (transformers' BatchRebalanceSampler); random: shuffled, fixed-size micro-batches
     sampler: str = "balanced"
+    memory_check: bool = True  # refuse a run the memory plan predicts will not fit (launch plan); false: run anyway
 
 
 @dataclass

@@ -92,6 +92,7 @@ def train_sft(cfg, command=None, callbacks=()):
     from train.data.prepare import load_or_build, write_reports
     from train.data.templates import setup_tokenizer
     from train.model import count_parameters, load_model, load_tokenizer, local_parameter_count
+    from train.memory_check import check_memory
     from train.trainer import (MetricsFileCallback, SFTTrainer, StopRequest, discard_incomplete_checkpoints,
                                resume_checkpoint, training_arguments)
 
@@ -101,6 +102,7 @@ def train_sft(cfg, command=None, callbacks=()):
     tokenizer = load_tokenizer(cfg)
     tokenizer_changes = setup_tokenizer(tokenizer, cfg.data)
     data = load_or_build(cfg, tokenizer, is_main=is_main)
+    check_memory(cfg, data.report, vocab=len(tokenizer))  # refuses (exit 2) a run predicted not to fit
     if is_main:
         write_reports(data, out)
         packing = data.report["packing"]

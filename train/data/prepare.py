@@ -130,35 +130,24 @@ def _conversations(sources: List[DataSource], data: DataConfig, seed: int, rejec
                    "line": raw.line, "unit": raw.unit}
 
 
-def _unwrap_generator_error(e: Exception) -> Exception:
-    """Our own DataError/RecordError raised inside a datasets generator, else `e` itself."""
-    cause = e.__cause__ or e.__context__
-    while cause is not None and not isinstance(cause, (DataError, RecordError)):
-        cause = cause.__cause__ or cause.__context__
-    return cause if cause is not None else e
-
-
-def _to_arrow(gen, features: datasets.Features, workdir: Path, name: str,
-              writer_batch_size: Optional[int] = None) -> datasets.Dataset:
-    """Write what `gen()` yields to an Arrow file in the work folder, batch by batch; an empty dataset when it yields
-    nothing (datasets itself refuses that). Our own DataError/RecordError raised inside `gen` comes out unwrapped."""
-    produced = [0]
-
-    def counted():
-        for example in gen():
-            produced[0] += 1
-            yield example
-
-    try:
-        batch = {"writer_batch_size": writer_batch_size} if writer_batch_size else {}
-        return datasets.Dataset.from_generator(counted, features=features, cache_dir=str(workdir / "hf"),
-                                               fingerprint=f"{name}-{time.time_ns()}", **batch)
-    except datasets.exceptions.DatasetGenerationError as e:  # unwrap our own errors raised inside the generator
-        raise _unwrap_generator_error(e) from None
-    except ValueError:
-        if produced[0]:
-            raise
-        return datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+def _to_arrow(records: Iterator[Dict[str, Any]], features: datasets.Features, path: Path,
+              batch_size: int = 1000) -> datasets.Dataset:
+    """Write `records` to the Arrow file `path`, `batch_size` at a time (pyarrow converts each batch in one call), and
+    open it memory-mapped. Errors raised while iterating `records` (our DataError / RecordError) propagate as they
+    are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = features.arrow_schema
+    writer = ArrowWriter(features=features, path=str(path))
+    batch: List[Dict[str, Any]] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == batch_size:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            batch = []
+    if batch:
+        writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    writer.finalize()
+    return datasets.Dataset.from_file(str(path))
 
 
 CONVERSATION_FEATURES = datasets.Features({
@@ -173,8 +162,8 @@ TOKEN_LISTS = {"input_ids": datasets.Sequence(datasets.Value("int32")),
 def _read_all(sources: List[DataSource], data: DataConfig, seed: int, rejects: Rejects, workdir: Path,
               name: str) -> datasets.Dataset:
     """Stream the conversations into an on-disk Arrow table (memory stays bounded as the corpus grows)."""
-    return _to_arrow(lambda: _conversations(sources, data, seed, rejects), CONVERSATION_FEATURES, workdir,
-                     f"conversations-{name}")
+    return _to_arrow(_conversations(sources, data, seed, rejects), CONVERSATION_FEATURES,
+                     workdir / f"conversations-{name}.arrow")
 
 
 def _column(dataset: datasets.Dataset, name: str) -> np.ndarray:
@@ -235,8 +224,8 @@ def _split_overlong(samples: datasets.Dataset, overlong: List[int], data: DataCo
                 counts[key] += value
             yield from chunks
 
-    chunks = _to_arrow(gen, datasets.Features(TOKEN_LISTS), workdir, f"chunks-{name}",
-                       writer_batch_size=max(1, ROW_WRITE_TOKENS // data.max_length))
+    chunks = _to_arrow(gen(), datasets.Features(TOKEN_LISTS), workdir / f"chunks-{name}.arrow",
+                       batch_size=max(1, ROW_WRITE_TOKENS // data.max_length))
     return chunks, counts
 
 

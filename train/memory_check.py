@@ -1,0 +1,126 @@
+"""The memory check train/sft.py runs after preparing the data and before loading the model: the plan for this
+process's GPU (or, without CUDA, its share of the machine's RAM) under the strategy `accelerate launch` set up, and a
+refusal (exit code 2) with the plan and the nearest setting that fits when it is predicted not to fit.
+`train.memory_check: false` skips it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from train.config import ConfigError
+from train.model_shape import PlanError, read_shape
+from train.plan import GIB, GPUS, REPO, Assumptions, Hardware, Plan, format_gib, make_plan, render, strategy_label
+
+
+class MemoryPlanError(ConfigError):
+    """The recipe's setting is predicted not to fit; train/sft.py reports it with exit code 2."""
+
+
+def launched_strategy(env) -> str:
+    """The strategy accelerate launch set up for this process (a plain `python train/sft.py` is 'ddp' of one)."""
+    if str(env.get("ACCELERATE_USE_FSDP", "")).lower() == "true":
+        return "fsdp"
+    if str(env.get("ACCELERATE_USE_DEEPSPEED", "")).lower() != "true":
+        return "ddp"
+    stage, offload = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 0) or 0), \
+        env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")
+    path = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path and not Path(path).is_file() and (REPO / path).is_file():  # the shipped configs, launched from elsewhere
+        path = str(REPO / path)
+    if path and Path(path).is_file():
+        zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
+        stage = int(zero.get("stage", stage))
+        offload = (zero.get("offload_param") or {}).get("device", offload)
+    if stage == 3:
+        return "zero3_offload" if offload == "cpu" else "zero3"
+    return "zero2"  # stage 1 shards only the optimizer states: planned as ZeRO-2, which also shards gradients
+
+
+def this_machine(env) -> Hardware:
+    """This process's share of the machine: its GPU (all ranks alike), or on a CPU the RAM divided by the processes
+    on this node."""
+    world = int(env.get("WORLD_SIZE", 1))
+    local = int(env.get("LOCAL_WORLD_SIZE", world))
+    nodes = max(1, world // max(local, 1))
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(int(env.get("LOCAL_RANK", 0)))
+        known = next((g for g in GPUS.values() if g.name.split()[0] in props.name), None)
+        return Hardware(nodes=nodes, gpus_per_node=local, gpu_mem_gib=props.total_memory / GIB, gpu=props.name,
+                        tflops=known.bf16_tflops if known else GPUS["h100"].bf16_tflops, device="cuda")
+    import psutil
+
+    return Hardware(nodes=nodes, gpus_per_node=local, gpu_mem_gib=psutil.virtual_memory().total / GIB / local,
+                    gpu="CPU", tflops=1.0, device="cpu")
+
+
+def label_fraction(report: Optional[dict], row_length: Optional[int] = None) -> float:
+    """Share of the token slots of the prepared rows (of `row_length`, default data.max_length) that carry a label,
+    from the data report (packing.label_tokens); 1.0 when unknown."""
+    packing = (report or {}).get("packing") or {}
+    rows, labels = packing.get("rows"), packing.get("label_tokens")
+    width = row_length or packing.get("max_length")
+    if not rows or not width or labels is None:
+        return 1.0
+    return min(1.0, labels / (rows * width))
+
+
+def check_memory(cfg, data_report: Optional[dict] = None, vocab: Optional[int] = None, env=None,
+                 hw: Optional[Hardware] = None) -> Optional[Plan]:
+    """Plan this process's run and raise MemoryPlanError (train/sft.py: exit code 2) when it is predicted not to fit,
+    with the plan and the nearest setting that fits. `train.memory_check: false` skips it. On a CPU the budget is
+    the machine's RAM per process, so small CPU runs (tests, `make demo`) always pass."""
+    if not cfg.train.memory_check:
+        print("memory check: skipped (train.memory_check=false)", flush=True)
+        return None
+    env = os.environ if env is None else env
+    try:
+        shape = read_shape(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+    except PlanError as e:
+        print(f"memory check: skipped, {e}", flush=True)
+        return None
+    if vocab and vocab > shape.vocab:  # tokens added to the vocabulary grow the embeddings and the logits
+        shape = replace(shape, vocab=vocab)
+    longest = ((data_report or {}).get("token_lengths") or {}).get("max")
+    if not cfg.data.packing and longest and longest < cfg.data.max_length:  # unpacked rows are padded only to the
+        cfg = copy.deepcopy(cfg)  # longest sample of their batch: plan rows of the longest sample there is
+        cfg.data.max_length = int(longest)
+    hw = hw or this_machine(env)
+    strategy = launched_strategy(env)
+    a = Assumptions(label_fraction=label_fraction(data_report, cfg.data.max_length))
+    plan = make_plan(shape, cfg, hw, a, requested_strategy=strategy)
+    e = plan.requested.estimate
+    unit = "GPU" if hw.device == "cuda" else "process (CPU RAM)"
+    if e.fits:
+        print(f"memory check: {format_gib(e.total)} of {e.limit / GIB:.1f} GiB per {unit} predicted "
+              f"({strategy_label(strategy, hw)}, micro-batch {e.micro_batch}, checkpointing "
+              f"{'on' if e.checkpointing else 'off'}; python -m launch plan --config <recipe> for the breakdown)",
+              flush=True)
+        return plan
+    if not e.supported and hw.device == "cpu":  # the planner models GPUs; the CPU test runs of every strategy pass
+        print(f"memory check: not planned on a CPU for {strategy} ({e.note})", flush=True)
+        return plan
+    if not e.supported:
+        fix = f"{strategy} cannot run this: {e.note}"
+    elif plan.nearest is not None:
+        what, c = plan.nearest
+        launch = f" (python -m launch run --accelerate {strategy_label(c.estimate.strategy, hw)})" \
+            if c.estimate.strategy != strategy else ""
+        fix = f"nearest setting that fits: {what}{launch}: {' '.join(c.overrides)}"
+    elif hw.device == "cpu":
+        fix = "nothing fits in this machine's RAM: train on a GPU machine (python -m launch plan --config <recipe> " \
+              "--gpus-per-node N --gpu h100 shows what fits there)"
+    else:
+        more = f"at least {plan.min_gpus} GPUs of this size, " if plan.min_gpus else ""
+        lighter = {"full": "method=lora", "lora": "method=qlora"}.get(cfg.method)
+        fix = f"nothing fits on {hw.world} GPU(s): use {more}{'or ' + lighter + ', ' if lighter else ''}or larger GPUs"
+    raise MemoryPlanError(
+        f"the memory plan predicts {format_gib(e.total)} GiB per {unit} but {e.limit / GIB:.1f} GiB are available "
+        f"({strategy_label(strategy, hw)}, micro-batch {e.micro_batch}, gradient checkpointing "
+        f"{'on' if e.checkpointing else 'off'}). {fix}. To run anyway, set train.memory_check=false.\n\n{render(plan)}")
