@@ -1,7 +1,7 @@
 """Training-throughput benchmark: this project's trainer against TRL's SFTTrainer, in the same run, on the same model,
 rows, row order and hyper-parameters.
 
-    python bench/train_throughput.py                # workloads A and B, both sides (about 10 min on 2 CPU cores)
+    python bench/train_throughput.py                # workloads A, B and S (about 9 min on 2 CPU cores)
     python bench/train_throughput.py --no-trl       # our side only (also what happens when trl is not installed)
     python bench/train_throughput.py --workloads A  # one workload
     python bench/train_throughput.py --quick        # tiny model, our side only, 4 steps (tests/test_bench_train.py)
@@ -14,7 +14,9 @@ one process):
   A  a tiny Llama (hidden 256, 4 layers, random weights) on the real Qwen3 vocabulary (151,936 rows; tokenizer from
      `launch.assets.qwen3_tokenizer()`), full fine-tuning, rows packed to 1024 tokens, 2 rows per step;
   B  SmolLM2-135M-Instruct (`launch.assets.smollm2_135m_instruct()`), LoRA r=16 alpha=32 on all linear layers, rows
-     packed to 512 tokens, 2 rows per step.
+     packed to 512 tokens, 2 rows per step;
+  S  as B, on the corpus's short kinds only (keyword extraction, chit-chat) packed to 1024, the shape of the CPU demo's
+     data: attention layouts only (below).
 The data: the generated Korean chat corpus of bench/data_pipeline.py (`make_corpus`: keyword extraction, finance
 judgement with its long system prompt, RAFT, multi-turn QA, chit-chat), prepared once by our pipeline (assistant-only
 labels, overlong samples split, best-fit-decreasing packing) into a cache that every measured process reads.
@@ -23,8 +25,6 @@ Each measurement runs in its own process (so its peak RSS is its own) for a fixe
   ours            `train.sft.train_sft(cfg)`, the project's real training path (label-only loss; packed rows on a CPU
                   use attention per sample block, train/packed_attention.py)
   ours-gc         the same with train.gradient_checkpointing=true (peak memory with and without)
-  ours-blockmask  the same trainer with transformers' SDPA block-diagonal mask for packed rows, i.e. the attention path
-                  before train/packed_attention.py (the bench forces it by replacing `choose_attention`)
   ours-padded     (B) data.packing=false: right-padded batches of 4 samples (the CPU demo's setting before)
   trl             TRL's SFTTrainer with the same rows in the same order: our prepared rows are handed over with
                   `seq_lengths` (dataset_kwargs.skip_prepare_dataset, packing, padding-free), same model folder,
@@ -35,8 +35,14 @@ Each measurement runs in its own process (so its peak RSS is its own) for a fixe
 A callback, the same on both sides, times every optimizer step (from the end of the previous one: data loading,
 forward, backward, optimizer, logging) and counts the step's real tokens (the Trainer's non-padding token count). The
 first step is a warm-up and is left out of tokens/s and step time. Peak memory is the process's peak RSS (VmHWM) at the
-end of training. Results: a markdown table and the loss trajectories on stdout, and a JSON file
-(default bench/results/train_throughput[_quick].json).
+end of training.
+
+Attention layouts (one process per workload, after its runs): the same samples, forward + backward of the label-only
+loss, best of 2 alternating repeats: right-padded (SDPA), packed with transformers' block-diagonal mask (SDPA, the
+path before train/packed_attention.py) and packed with attention per sample block ("sdpa_packed").
+
+Results: markdown tables and the loss trajectories on stdout, and a JSON file (default
+bench/results/train_throughput[_quick].json).
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ WORKLOADS: Dict[str, Dict[str, Any]] = {
           "samples": 300, "variants": ["ours", "ours-gc", "trl", "trl-gc"]},
     "B": {"title": "SmolLM2-135M-Instruct, LoRA r=16 all-linear, packed 512",
           "model": "smollm2", "method": "lora", "max_length": 512, "batch": 2, "learning_rate": 2e-4,
-          "samples": 300, "variants": ["ours", "ours-padded", "trl"], "padded_batch": 4},
+          "samples": 300, "variants": ["ours", "ours-gc", "ours-padded", "trl", "trl-gc"], "padded_batch": 4},
     "S": {"title": "SmolLM2-135M-Instruct, LoRA r=16 all-linear, short samples (keyword extraction, chit-chat) packed "
                    "1024: the shape of the CPU demo's data; attention layouts only",
           "model": "smollm2", "method": "lora", "max_length": 1024, "batch": 2, "learning_rate": 2e-4,
@@ -224,7 +230,7 @@ def child_prepare(workload: str, scratch: Path, steps: int, optim: str) -> Dict[
     """Build the model and the prepared rows of every variant once, so that no measured process builds them."""
     out = {}
     for variant in ["ours"] + [v for v in WORKLOADS[workload]["variants"] if v == "ours-padded"]:  # the others
-        # (ours-gc, ours-blockmask, trl, the attention layouts) read ours' rows
+        # (ours-gc, trl, trl-gc, the attention layouts) read ours' rows
         cfg = load_recipe(recipe(workload, variant, scratch, steps, optim), scratch / f"prepare-{variant}.yaml")
         _, data = prepared_rows(cfg)
         out[variant] = {"rows": len(data.train), "packing": data.report["packing"], "cache": str(data.path)}
@@ -238,10 +244,6 @@ def child_ours(workload: str, variant: str, scratch: Path, steps: int, optim: st
     if WORKLOADS[workload]["batch"] == "all":  # every step sees all rows: its loss does not depend on the row order
         _, data = prepared_rows(cfg)
         cfg.train.per_device_batch_size = len(data.train)
-    if variant == "ours-blockmask":  # the attention before train/packed_attention.py: transformers' block mask
-        import train.packed_attention
-
-        train.packed_attention.choose_attention = lambda requested, *args: requested
     from train.sft import train_sft
 
     timer = step_timer()

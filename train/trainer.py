@@ -146,8 +146,6 @@ class SFTTrainer(Trainer):
         self._rank_tokens = [0, 0]  # over the logging window: sum of the busiest rank's and of the idlest rank's
         self._window_start = time.perf_counter()
         self.add_callback(_StepGuard(self))
-        if not has_cuda() and malloc_trim() is not None:
-            self.add_callback(_ReturnFreedMemory())
 
     def _get_train_sampler(self, train_dataset=None):
         if self.args.train_sampling_strategy != "batch_rebalance":  # train.sampler=random
@@ -312,22 +310,28 @@ class LinearCrossEntropy(torch.autograd.Function):
             rows = slice(start, start + LinearCrossEntropy.ROWS)
             h, t = hidden[rows], targets[rows]
             logits = torch.nn.functional.linear(h, weight, bias).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            # log-sum-exp and softmax in place (torch.logsumexp would allocate a second chunk-sized tensor)
+            top = logits.amax(dim=-1, keepdim=True)
+            picked = logits.gather(1, t[:, None])
+            total = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)
+            loss += (total.log() - (picked - top)).sum()
+            grad = logits.div_(total)  # softmax
             grad[torch.arange(len(t), device=t.device), t] -= 1
             hidden_grad[rows] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
             if weight_grad is not None:
                 weight_grad.addmm_(grad.t(), h.float())
             if bias_grad is not None:
                 bias_grad += grad.sum(0)
-        ctx.save_for_backward(hidden_grad, weight_grad, bias_grad)
+        # Kept as attributes, not saved tensors, and dropped in the backward: the engine then holds the only reference
+        # to the weight's gradient and the parameter adopts it (a saved tensor would make it copy a weight-sized one).
+        ctx.grads = (hidden_grad, weight_grad, bias_grad)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        hidden_grad, weight_grad, bias_grad = ctx.saved_tensors  # scaled in place: no second weight-sized tensor
+        hidden_grad, weight_grad, bias_grad = ctx.grads  # scaled in place: no second weight-sized tensor
+        del ctx.grads
         weight_dtype, bias_dtype = ctx.dtypes
         return (hidden_grad.mul_(grad.to(hidden_grad.dtype)),
                 None if weight_grad is None else weight_grad.mul_(grad).to(weight_dtype),
@@ -358,33 +362,6 @@ class SummedCrossEntropy(torch.autograd.Function):
             chunk.sub_(chunk_lse[:, None]).exp_()  # softmax
         grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1
         return grad_logits.mul_(grad), None
-
-
-def malloc_trim():
-    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-class _ReturnFreedMemory(TrainerCallback):
-    """CPU training (glibc): trim the heap before the optimizer step and after it. glibc keeps freed blocks below its
-    (self-raising, up to 32 MiB) mmap threshold in its heap: the activations freed by the backward pass would stay
-    resident under the optimizer step's memory, and the step's temporaries under the next forward pass. A trim takes
-    milliseconds. (Fixing the threshold lower would also free within a pass, but costs a page fault per page of every
-    activation: 20-40% slower steps on workload B of bench/train_throughput.py.)"""
-
-    def __init__(self):
-        self.trim = malloc_trim()
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.trim(0)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.trim(0)
 
 
 class _StepGuard(TrainerCallback):
