@@ -1,5 +1,6 @@
 """Packing: BFD against independent packers, lossless splitting, collation, and the proof that packed rows give the
-same logits and loss as the samples run one by one (tiny Llama and Qwen3, sdpa and eager)."""
+same logits and loss as the samples run one by one (tiny Llama and Qwen3; sdpa, eager and the CPU path "sdpa_packed"
+that runs attention per sample block, train/packed_attention.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import torch
 
 from train.data.packing import (Collator, balance_micro_batches, flash_varlen_kwargs, handle_overlong, pack_bfd,
                                 packed_rows, packing_stats)
+from train.packed_attention import PACKED_SDPA, choose_attention, register, sample_blocks
+
+register()  # "sdpa_packed" becomes a valid attn_implementation
 
 IGNORE = -100
 
@@ -305,7 +309,7 @@ def _packed_batch(max_length=32):
     return samples, where, Collator(pad_token_id=0, packing=True)(rows)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", PACKED_SDPA])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_packed_logits_equal_per_sample_logits(tiny_causal_lm, arch, attn):
     model = tiny_causal_lm(arch, attn_implementation=attn)
@@ -365,3 +369,90 @@ def test_flash_varlen_kwargs_are_harmless_for_sdpa(tiny_causal_lm):
         plain = model(**batch).logits
         with_fa = model(**batch, **flash_varlen_kwargs(batch["position_ids"])).logits
     assert torch.equal(plain, with_fa)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Attention per sample block ("sdpa_packed", the CPU path for packed rows)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_sample_blocks_by_hand():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]])
+    assert sample_blocks(positions, 2) == [(0, 0, 3), (0, 3, 5), (0, 5, 6), (1, 0, 4), (1, 4, 6)]
+    assert sample_blocks(torch.tensor([[5, 6, 7, 2, 3]]), 1) == [(0, 0, 3), (0, 3, 5)]  # a jump, not only a 0
+    assert sample_blocks(torch.arange(6)[None], 3) is None  # one sample per row (broadcast position ids)
+    assert sample_blocks(torch.arange(4)[None] + 7, 1) is None  # a continuation (e.g. after a cache) is one block
+
+
+def test_choose_attention_per_backend():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig()
+    assert choose_attention("sdpa", True, "cpu", config) == PACKED_SDPA
+    assert choose_attention("sdpa", False, "cpu", config) == "sdpa"  # padded batches: SDPA as it is
+    assert choose_attention("sdpa", True, "cuda", config) == "sdpa"  # GPU: transformers' block mask
+    assert choose_attention("flash_attention_2", True, "cuda", config) == "flash_attention_2"  # varlen kernels
+    assert choose_attention("eager", True, "cpu", config) == "eager"
+
+
+def _mixed_batch():
+    """Packed rows with a 1-token sample, a 2-token one and the collator's padding segment."""
+    rng = random.Random(11)
+    samples = []
+    for n in [1, 12, 2, 9, 15, 5, 3]:
+        ids = [rng.randint(2, 127) for _ in range(n)]
+        samples.append({"input_ids": ids, "labels": [t if rng.random() < 0.6 else IGNORE for t in ids]})
+    rows = packed_rows(samples, [[0, 1, 2], [3, 4], [5, 6]])
+    return Collator(pad_token_id=0, packing=True, pad_to_multiple_of=8)(rows)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_packed_attention_loss_and_grads_equal_block_mask(tiny_causal_lm, arch):
+    """The training computation (label-only loss, backward) through "sdpa_packed" equals transformers' SDPA with its
+    block-diagonal mask, in value and in every gradient (fp32, 1e-5)."""
+    from train.trainer import label_only_loss
+
+    batch = _mixed_batch()
+    n_items = torch.tensor(int((batch["labels"][:, 1:] != IGNORE).sum()))
+    results = {}
+    for attn in ("sdpa", PACKED_SDPA):
+        model = tiny_causal_lm(arch, attn_implementation=attn).train()
+        loss = label_only_loss(model, batch, n_items)
+        loss.backward()
+        results[attn] = (loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    assert results[PACKED_SDPA][0] == pytest.approx(results["sdpa"][0], abs=1e-5)
+    for name, grad in results["sdpa"][1].items():
+        assert torch.allclose(results[PACKED_SDPA][1][name], grad, atol=1e-5), name
+
+
+def test_packed_attention_builds_no_mask_for_packed_rows_and_sdpa_mask_for_padding(tiny_causal_lm):
+    from transformers.masking_utils import create_causal_mask
+
+    model = tiny_causal_lm("llama", attn_implementation=PACKED_SDPA)
+    batch = _mixed_batch()
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    packed = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None,
+                                past_key_values=None, position_ids=batch["position_ids"])
+    assert packed is None  # no (B, 1, L, L) mask: the attention cuts the rows at the sample boundaries instead
+    reference = tiny_causal_lm("llama", attn_implementation="sdpa")
+    block = create_causal_mask(config=reference.config, inputs_embeds=embeds, attention_mask=None,
+                               past_key_values=None, position_ids=batch["position_ids"])
+    assert block is not None and block.shape[-1] == block.shape[-2] == batch["input_ids"].shape[1]  # what sdpa builds
+
+    padding = torch.ones_like(batch["input_ids"])
+    padding[1, -5:] = 0
+    ours = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=padding, past_key_values=None)
+    theirs = create_causal_mask(config=reference.config, inputs_embeds=embeds, attention_mask=padding,
+                                past_key_values=None)
+    assert ours is not None and torch.equal(ours, theirs)
+
+
+def test_packed_attention_on_padded_batches_is_plain_sdpa(tiny_causal_lm):
+    """Unpacked, right-padded batches (attention_mask) and single sequences go through SDPA unchanged: same logits."""
+    rows = [{"input_ids": list(range(3, 3 + n)), "labels": [IGNORE] * n} for n in (9, 4, 6)]
+    batch = Collator(pad_token_id=0, packing=False)(rows)
+    ours, reference = (tiny_causal_lm("qwen3", attn_implementation=a) for a in (PACKED_SDPA, "sdpa"))
+    with torch.no_grad():
+        assert torch.equal(ours(**batch).logits, reference(**batch).logits)
+        single = torch.tensor([list(range(5, 30))])
+        assert torch.equal(ours(input_ids=single).logits, reference(input_ids=single).logits)

@@ -1,4 +1,5 @@
-"""The trainer's label-only loss equals the plain full-logits loss, in value and gradients (fp32, 1e-5)."""
+"""The trainer's label-only loss (LinearCrossEntropy, or the model's label logits with SummedCrossEntropy) equals the
+plain full-logits loss, in value and gradients (fp32, 1e-5); gradient checkpointing recomputes and changes nothing."""
 
 import pytest
 import torch
@@ -17,11 +18,14 @@ def rows(seed=0):
     return packed_rows(samples, [[0, 1], [2, 3, 4]])
 
 
+@pytest.mark.parametrize("fused", [True, False])  # LinearCrossEntropy, or the model's logits + SummedCrossEntropy
 @pytest.mark.parametrize("packing", [True, False])
-def test_label_only_loss_and_grads_equal_plain_loss(packing):
+def test_label_only_loss_and_grads_equal_plain_loss(packing, fused):
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    if not fused:  # a key that makes the trainer keep the model's own logits (Llama itself ignores it)
+        config.final_logit_softcapping = 30.0
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     model.train()
     data = rows() if packing else [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows()]
@@ -45,3 +49,71 @@ def test_label_only_loss_and_grads_equal_plain_loss(packing):
     label_only_loss(model, batch, n_items)
     hook.remove()
     assert seen[0][0] == n_items < batch["input_ids"].numel()
+
+
+def test_gradient_checkpointing_recomputes_layers_and_keeps_loss_and_grads():
+    """train.gradient_checkpointing (activation checkpointing, non-reentrant, as training_arguments sets it) with the
+    label-only loss on packed rows: every decoder layer runs again in the backward pass, and the loss and gradients
+    are those without checkpointing."""
+    from train.packed_attention import PACKED_SDPA, register
+
+    register()
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    batch = Collator(pad_token_id=0, packing=True)(rows())
+    n_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=PACKED_SDPA)
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        model.train()
+        calls = []
+        model.model.layers[0].self_attn.register_forward_hook(lambda m, i, o: calls.append(1))  # inside the checkpoint
+        loss = label_only_loss(model, batch, n_items)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, len(calls)))
+    (plain_loss, plain_grads, plain_calls), (gc_loss, gc_grads, gc_calls) = results
+    assert (plain_calls, gc_calls) == (1, 2)  # recomputed in the backward pass
+    assert gc_loss == pytest.approx(plain_loss, abs=1e-6)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(gc_grads[name], grad, atol=1e-6), name
+
+
+@pytest.mark.parametrize("rows", [0, 1, 300, 700])  # none, one, and more than one chunk of SummedCrossEntropy.ROWS
+def test_summed_cross_entropy_equals_torch_cross_entropy(rows):
+    from train.trainer import SummedCrossEntropy
+
+    g = torch.Generator().manual_seed(rows)
+    logits = (4 * torch.randn(rows, 50, generator=g)).requires_grad_()
+    targets = torch.randint(0, 50, (rows,), generator=g)
+    weights = torch.randn(rows, 50, generator=g)
+    plain = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    (plain_grad,) = torch.autograd.grad(plain * 0.37, logits)
+    ours = SummedCrossEntropy.apply(logits * 1.0, targets)  # an intermediate tensor, as the model's logits are
+    (ours_grad,) = torch.autograd.grad(ours * 0.37, logits)
+    assert ours.item() == pytest.approx(plain.item(), abs=1e-4 * max(rows, 1))
+    assert torch.allclose(ours_grad, plain_grad, atol=1e-6)
+    # the logits also feed an op that saved them (and whose backward runs later): autograd refuses the overwritten
+    # tensor instead of computing a wrong gradient
+    if rows:
+        shared = logits * 1.0
+        other = (shared.sin() * weights).sum()  # sin saves its input
+        with pytest.raises(RuntimeError, match="inplace"):
+            (other + SummedCrossEntropy.apply(shared, targets)).backward()
+
+
+def test_fused_output_layer_only_where_the_model_uses_its_logits_as_they_are():
+    from peft import LoraConfig, get_peft_model
+
+    from train.trainer import fusable_output_layer
+
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model = AutoModelForCausalLM.from_config(config)
+    assert fusable_output_layer(model) is model.lm_head
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear"))
+    assert fusable_output_layer(lora) is model.lm_head  # all-linear leaves the output layer alone
+    model.config.final_logit_softcapping = 30.0  # e.g. Gemma-2: the logits change after the output layer
+    assert fusable_output_layer(model) is None

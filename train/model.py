@@ -94,9 +94,22 @@ def load_model(cfg: Config, tokenizer) -> PreTrainedModel:
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False  # no KV cache while training; generation turns it back on
+    select_attention(model, cfg)
     if cfg.method in ("lora", "qlora"):
         model = apply_lora(model, cfg)
     return model
+
+
+def select_attention(model: PreTrainedModel, cfg: Config) -> str:
+    """Packed rows with SDPA on a CPU train with attention per sample block (train/packed_attention.py); every
+    other case keeps `model.attn_implementation`. Returns the implementation in use."""
+    from train.packed_attention import choose_attention
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = choose_attention(cfg.model.attn_implementation, cfg.data.packing, device, model.config)
+    if chosen != model.config._attn_implementation:
+        model.set_attn_implementation(chosen)
+    return model.config._attn_implementation
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

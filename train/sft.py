@@ -73,8 +73,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def train_sft(cfg, command=None):
-    """Run steps 2-6 for a loaded config; returns (trainer, tokenizer, prepared data, the Trainer's TrainOutput)."""
+def train_sft(cfg, command=None, callbacks=()):
+    """Run steps 2-6 for a loaded config; returns (trainer, tokenizer, prepared data, the Trainer's TrainOutput).
+    `callbacks`: extra TrainerCallbacks (bench/train_throughput.py times the steps with one)."""
     from train.config import save_config
 
     rank, local_rank, world_size = distributed_env()
@@ -125,7 +126,8 @@ def train_sft(cfg, command=None):
     trainable, total = count_parameters(model)
     held = local_parameter_count(model)
     print(f"[rank {rank}] parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%); "
-          f"this rank holds {held:,} ({100 * held / max(total, 1):.1f}%)", flush=True)
+          f"this rank holds {held:,} ({100 * held / max(total, 1):.1f}%); "
+          f"attention {model.config._attn_implementation}", flush=True)
 
     # 4. Trainer: the HF loop with our collator (packed rows, position_ids restart per sample) and token accounting.
     trainer = SFTTrainer(
@@ -136,7 +138,7 @@ def train_sft(cfg, command=None):
         data_collator=Collator(pad_token_id=tokenizer.pad_token_id, packing=cfg.data.packing,
                                flash_varlen_kwargs=cfg.model.attn_implementation.startswith("flash")),
         processing_class=tokenizer,
-        callbacks=[MetricsFileCallback(cfg.output_dir), *early_stopping(cfg)],
+        callbacks=[MetricsFileCallback(cfg.output_dir), *early_stopping(cfg), *callbacks],
         pad_token_id=tokenizer.pad_token_id,
         data_stats={"packing_efficiency": data.report["packing"].get("packing_efficiency", 0.0)},
         keep_checkpoints=cfg.train.save_total_limit,

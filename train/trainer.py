@@ -9,7 +9,8 @@ loss is divided by that count, so the accumulated loss equals the large-batch lo
 Label-only logits: in training, the output layer and the cross-entropy run only at positions whose next token carries
 a label (`logits_to_keep` as a boolean mask), instead of full-vocabulary fp32 logits for every position. In SFT most
 tokens are prompt, so this saves most of the output layer's time and memory; the loss and gradients are the same
-(tests/test_trainer.py).
+(tests/test_trainer.py). The cross-entropy (`SummedCrossEntropy`) then holds a single (label tokens, vocab) tensor:
+its backward turns the logits into their gradient in place.
 
 Checkpoints survive being killed: a checkpoint counts only once every rank has written it and the main process has
 written `checkpoint_complete.json` into it (atomically, after a barrier); `train.resume: auto` picks the newest
@@ -234,18 +235,133 @@ class TokenBalancedSampler(BatchRebalanceSampler):
 
 
 def label_only_loss(model, inputs: Dict[str, torch.Tensor], num_items_in_batch) -> torch.Tensor:
-    """Summed cross-entropy over label tokens / num_items_in_batch, computing logits only where a label follows."""
+    """Summed cross-entropy over label tokens / num_items_in_batch, computing logits only where a label follows.
+
+    Where the output layer is a plain Linear whose logits the model uses as they are (no soft-capping or scaling, not
+    partitioned by ZeRO-3), the model's forward returns the final hidden states at those positions (its output layer
+    answers with its input for this one call) and `LinearCrossEntropy` computes the logits a chunk of rows at a time:
+    memory holds one chunk of logits, whatever the number of label tokens. Otherwise the model computes the label
+    positions' logits and `SummedCrossEntropy` takes them."""
     labels = inputs["labels"]
     targets = torch.full_like(labels, -100)
     targets[:, :-1] = labels[:, 1:]  # position p predicts token p + 1
     keep = targets != -100
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    logits = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits  # (label tokens, vocab)
-    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[keep],
-                                             reduction="sum")
+    head = fusable_output_layer(model) if torch.is_grad_enabled() else None
+    if head is not None:
+        with _returns_its_input(head):
+            hidden = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits  # (label tokens, hidden)
+        loss = LinearCrossEntropy.apply(hidden, head.weight, head.bias, targets[keep])
+    else:
+        logits = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits  # (label tokens, vocab)
+        loss = SummedCrossEntropy.apply(logits.float().reshape(-1, logits.shape[-1]), targets[keep])
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(loss.device)
     return loss / num_items_in_batch
+
+
+OUTPUT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier",
+                     "lm_head_multiplier")  # config keys of models that change the logits after the output layer
+
+
+def fusable_output_layer(model) -> Optional[torch.nn.Linear]:
+    """The model's output layer when `LinearCrossEntropy` may stand in for it and the loss, else None."""
+    while isinstance(model, torch.nn.parallel.DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
+        model = model.module
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or hasattr(head.weight, "ds_id"):  # LoRA/wrapped head, or ZeRO-3 partitioned
+        return None
+    config = model.config.get_text_config()
+    if any(getattr(config, key, None) not in (None, 1, 1.0) for key in OUTPUT_TRANSFORMS):
+        return None
+    return head
+
+
+class _returns_its_input:
+    """For one forward pass, `head(x)` returns x: the model hands back its final hidden states."""
+
+    def __init__(self, head: torch.nn.Module):
+        self.head = head
+
+    def __enter__(self):
+        self.head.forward = lambda x: x  # an instance attribute shadows the class's forward
+
+    def __exit__(self, *exc):
+        del self.head.forward
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """cross_entropy(hidden @ weight.T + bias, targets, reduction="sum") without the (N, vocab) logits: the forward
+    computes the logits ROWS rows at a time and, as the loss is a plain sum, their gradients at once (softmax - one-hot,
+    into the hidden states and the output layer's weight and bias); the backward scales them by the incoming gradient.
+    Same value and gradients as the plain computation (tests/test_trainer.py), and no more arithmetic."""
+
+    ROWS = 128  # rows of logits per chunk
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets):
+        weight_grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if weight.requires_grad else None
+        bias_grad = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
+            if bias is not None and bias.requires_grad else None
+        hidden_grad = torch.empty_like(hidden)
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], LinearCrossEntropy.ROWS):
+            rows = slice(start, start + LinearCrossEntropy.ROWS)
+            h, t = hidden[rows], targets[rows]
+            logits = torch.nn.functional.linear(h, weight, bias).float()
+            # log-sum-exp and softmax in place (torch.logsumexp would allocate a second chunk-sized tensor)
+            top = logits.amax(dim=-1, keepdim=True)
+            picked = logits.gather(1, t[:, None])
+            total = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)
+            loss += (total.log() - (picked - top)).sum()
+            grad = logits.div_(total)  # softmax
+            grad[torch.arange(len(t), device=t.device), t] -= 1
+            hidden_grad[rows] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
+            if weight_grad is not None:
+                weight_grad.addmm_(grad.t(), h.float())
+            if bias_grad is not None:
+                bias_grad += grad.sum(0)
+        # Kept as attributes, not saved tensors, and dropped in the backward: the engine then holds the only reference
+        # to the weight's gradient and the parameter adopts it (a saved tensor would make it copy a weight-sized one).
+        ctx.grads = (hidden_grad, weight_grad, bias_grad)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden_grad, weight_grad, bias_grad = ctx.grads  # scaled in place: no second weight-sized tensor
+        del ctx.grads
+        weight_dtype, bias_dtype = ctx.dtypes
+        return (hidden_grad.mul_(grad.to(hidden_grad.dtype)),
+                None if weight_grad is None else weight_grad.mul_(grad).to(weight_dtype),
+                None if bias_grad is None else bias_grad.mul_(grad).to(bias_dtype), None)
+
+
+class SummedCrossEntropy(torch.autograd.Function):
+    """cross_entropy(logits, targets, reduction="sum") for (N, vocab) fp32 logits, holding one (N, vocab) tensor instead
+    of three: the forward keeps the logits and a log-sum-exp per row (F.cross_entropy also keeps the log-probabilities),
+    and the backward turns the logits into their gradient in place (softmax - one-hot), a chunk of rows at a time.
+    The logits must be used by nothing else (the label-only loss owns them; autograd's version check would catch an
+    op that saved them). Same value and gradient as F.cross_entropy (tests/test_trainer.py)."""
+
+    ROWS = 64  # rows per chunk: bounds the temporaries of logsumexp to ROWS x vocab
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        lse = torch.cat([torch.logsumexp(chunk, dim=-1) for chunk in logits.split(SummedCrossEntropy.ROWS)]) \
+            if logits.shape[0] else logits.new_zeros(0)
+        ctx.save_for_backward(logits, targets, lse)
+        return (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        grad_logits = logits  # reused: nothing else needs the logits
+        for chunk, chunk_lse in zip(grad_logits.split(SummedCrossEntropy.ROWS), lse.split(SummedCrossEntropy.ROWS)):
+            chunk.sub_(chunk_lse[:, None]).exp_()  # softmax
+        grad_logits[torch.arange(len(targets), device=targets.device), targets] -= 1
+        return grad_logits.mul_(grad), None
 
 
 class _StepGuard(TrainerCallback):

@@ -1,0 +1,356 @@
+"""GPU throughput benchmark: tokens/s per GPU, model FLOPs utilisation (MFU) and peak memory of this project's trainer
+and of TRL's SFTTrainer, in the same run, on 8B architectures with random weights.
+
+    python bench/gpu_throughput.py                                   # on one GPU: Llama-3-8B and Qwen3-8B, LoRA, QLoRA
+                                                                     # and full (ZeRO-3 + CPU offload), ours and TRL
+    python bench/gpu_throughput.py --models qwen3-8b --methods lora  # a subset
+    python bench/gpu_throughput.py --models tiny --seq 256 --steps 4 # on a CPU: the harness with a tiny model
+                                                                     # (tests/test_bench_gpu.py runs this)
+
+What runs (each measurement in its own process; full fine-tuning through `accelerate launch` with
+configs/accelerate/zero3_offload.yaml on one process, as a user runs it):
+- Models: the architecture of configs/models/<name>.json (the public config.json shape) with random weights, written
+  once as bf16 safetensors with the model's tokenizer asset (launch/assets.py), so nothing comes from a hub. `tiny` is
+  the test suite's 2-layer Llama (tests/tiny_model.py).
+- Data: the generated Korean corpus of bench/data_pipeline.py (keyword extraction, finance judgement, RAFT, multi-turn
+  QA, chit-chat: the length distribution of our users' data), prepared by our pipeline (assistant-only labels, packed
+  to --seq tokens). TRL trains on the same packed rows in the same order (bench/train_throughput.py's hand-over).
+- Same hyper-parameters on both sides: learning rate, constant schedule, batch 1 x --seq tokens, optimizer, seed,
+  LoRA r=16 alpha=32 on all linear layers, QLoRA nf4 with double quantisation and bf16 compute.
+- Each side runs its defaults otherwise: TRL's SFTConfig turns on gradient checkpointing and bf16; ours uses the
+  recipe keys as set here (`--ours-gc` turns checkpointing on for ours too). `--trl-variants` adds TRL without
+  checkpointing.
+
+Numbers: tokens/s per GPU over the steps after the first (warm-up); MFU = model FLOPs per token x tokens/s / the
+device's peak dense bf16 FLOP/s, where model FLOPs per token = k * N + 6 * L * d_attn * S: N the parameters of the
+decoder's linear layers and the output layer, k = 6 for full fine-tuning and 4 for LoRA/QLoRA (frozen weights need no
+weight gradient), L layers, d_attn = heads x head_dim, S = sum(sample length^2) / sum(sample length) (causal attention
+within each packed sample, forward and backward). On a CPU the denominator is the measured fp32 matmul rate. Peak
+memory: torch.cuda.max_memory_allocated on a GPU (and reserved), the process's peak RSS on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import train_throughput as tt  # noqa: E402
+from bench.data_pipeline import machine, trl_available  # noqa: E402
+
+MODELS = {"llama3-8b": "llama3_tokenizer", "qwen3-8b": "qwen3_tokenizer", "tiny": None}
+METHODS = ("lora", "qlora", "full")
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "A10G": 125.0}  # dense bf16 tensor-core peaks (vendor data sheets), by name part
+
+
+def model_config(name: str):
+    """The transformers config of configs/models/<name>.json."""
+    from transformers import AutoConfig
+
+    shape = {k: v for k, v in json.loads((REPO / "configs" / "models" / f"{name}.json").read_text()).items()
+             if not k.startswith("_")}
+    return AutoConfig.for_model(shape.pop("model_type"), **shape)
+
+
+def build_model(name: str, scratch: Path) -> Path:
+    """A folder with config.json, random bf16 weights (safetensors) and the tokenizer; built once."""
+    if name == "tiny":
+        from tests.tiny_model import build_tiny_model_dir
+
+        return build_tiny_model_dir(scratch / "tiny", hidden=64)
+    folder = scratch / name
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from launch import assets
+
+    config = model_config(name)
+    torch.manual_seed(tt.SEED)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(getattr(assets, MODELS[name])())).save_pretrained(folder)
+    return folder
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def flash_attention() -> str:
+    import importlib.util
+
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def recipe(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
+    """Our recipe for one measurement (a train/config.py mapping)."""
+    gpu, method = spec["gpu"], spec["method"]
+    return {
+        "model": {"name_or_path": spec["model_dir"], "dtype": "bfloat16" if gpu else "float32",
+                  "attn_implementation": flash_attention() if gpu else "sdpa"},
+        "method": method,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"]},
+        "qlora": {"compute_dtype": "bfloat16" if gpu else "float32"},
+        "data": {"sources": [{"path": spec["corpus"], "format": "messages"}], "max_length": spec["seq"],
+                 "packing": True, "overlong": "split", "validation_split": 0.0, "dedup": "exact",
+                 "enable_thinking": False, "cache_dir": str(Path(spec["scratch"]) / "data-cache")},
+        "train": {"max_steps": spec["steps"], "learning_rate": 1e-5 if method == "full" else 1e-4,
+                  "lr_scheduler": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
+                  "per_device_batch_size": 1, "gradient_accumulation_steps": 1, "optim": "adamw_torch_fused",
+                  "gradient_checkpointing": variant.endswith("-gc"), "logging_steps": 1, "save_steps": 100000,
+                  "save_total_limit": 1, "seed": tt.SEED, "sampler": "random", "resume": "never"},
+        "output_dir": str(Path(spec["scratch"]) / f"out-{spec['key']}-{variant}"),
+    }
+
+
+class DevicePeak:
+    """Peak accelerator memory at the end of training (GPU only)."""
+
+    @staticmethod
+    def callback():
+        from transformers import TrainerCallback
+
+        class Peak(TrainerCallback):
+            allocated = reserved = 0
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.reset_peak_memory_stats()
+
+            def on_train_end(self, args, state, control, **kwargs):
+                import torch
+
+                if torch.cuda.is_available():
+                    Peak.allocated = torch.cuda.max_memory_allocated()
+                    Peak.reserved = torch.cuda.max_memory_reserved()
+
+        return Peak()
+
+
+def child_ours(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
+    import shutil
+
+    from train.sft import train_sft
+
+    cfg_dict = recipe(spec, variant)
+    shutil.rmtree(cfg_dict["output_dir"], ignore_errors=True)
+    cfg = tt.load_recipe(cfg_dict, Path(spec["scratch"]) / f"recipe-{spec['key']}-{variant}.yaml")
+    timer, peak = tt.step_timer(), DevicePeak.callback()
+    trainer = train_sft(cfg, callbacks=[timer, peak])[0]
+    return {"side": "ours", "variant": variant, "steps": timer.steps, "peak_rss_kb": timer.peak_rss_kb,
+            "rss_at_start_kb": timer.rss_at_start_kb, "gpu_allocated": peak.allocated, "gpu_reserved": peak.reserved,
+            "attention": trainer.model.config._attn_implementation}
+
+
+def child_trl(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
+    """TRL's SFTTrainer on our packed rows (same order), its defaults otherwise; `trl-nogc`: without checkpointing."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    cfg = tt.load_recipe(recipe(spec, "ours"), Path(spec["scratch"]) / f"recipe-{spec['key']}-trl.yaml")
+    tokenizer, data = tt.prepared_rows(cfg)
+    rows = data.train.to_dict()
+    lengths = [[b - a for a, b in zip(s[:-1], s[1:])]
+               for s in ([i for i, p in enumerate(pos) if p == 0] + [len(pos)] for pos in rows["position_ids"])]
+    train = datasets.Dataset.from_dict({"input_ids": rows["input_ids"], "labels": rows["labels"],
+                                        "seq_lengths": lengths})
+    gpu, method = spec["gpu"], spec["method"]
+    dtype = torch.bfloat16 if gpu else torch.float32
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype) if method == "qlora" else None
+    set_seed(tt.SEED)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=dtype, quantization_config=quant,
+                                                 attn_implementation=cfg.model.attn_implementation)
+    peft_config = None
+    if method != "full":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", bias="none",
+                                 task_type="CAUSAL_LM")
+    t = cfg.train
+    args = SFTConfig(
+        output_dir=str(Path(spec["scratch"]) / f"out-{spec['key']}-{variant}"), max_steps=t.max_steps,
+        learning_rate=t.learning_rate, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1.0, per_device_train_batch_size=1, gradient_accumulation_steps=1, optim=t.optim,
+        bf16=gpu, use_cpu=not gpu, seed=t.seed, data_seed=t.seed, logging_steps=1, save_strategy="no",
+        report_to=[], dataloader_num_workers=0, max_length=cfg.data.max_length, packing=True, padding_free=True,
+        dataset_kwargs={"skip_prepare_dataset": True}, disable_tqdm=True,
+        **({"gradient_checkpointing": False} if variant == "trl-nogc" else {}))  # else TRL's default (on)
+    timer, peak = tt.step_timer(), DevicePeak.callback()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=[timer, peak])
+    trainer.train()
+    return {"side": "trl", "variant": variant, "steps": timer.steps, "peak_rss_kb": timer.peak_rss_kb,
+            "rss_at_start_kb": timer.rss_at_start_kb, "gpu_allocated": peak.allocated, "gpu_reserved": peak.reserved,
+            "attention": trainer.model.config._attn_implementation,
+            "gradient_checkpointing": bool(args.gradient_checkpointing)}
+
+
+def run_child(spec: Dict[str, Any], variant: str, timeout: int) -> Dict[str, Any]:
+    """One measurement in a fresh process; full fine-tuning on a GPU through accelerate + ZeRO-3 with CPU offload."""
+    result = Path(spec["scratch"]) / f"result-{spec['key']}-{variant}.json"
+    child = [str(Path(__file__).resolve()), "--child", json.dumps({**spec, "variant": variant, "result": str(result)})]
+    if spec["method"] == "full" and spec["gpu"]:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "configs" / "accelerate" / "zero3_offload.yaml"), "--num_processes", "1", *child]
+    else:
+        cmd = [sys.executable, *child]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false",
+           "WANDB_DISABLED": "true"}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        return {"side": "trl" if variant.startswith("trl") else "ours", "variant": variant,
+                "error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
+    out = json.loads(result.read_text(encoding="utf-8"))
+    out["process_seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def flops_per_token(config, method: str, sample_sq_over_len: float) -> float:
+    """k * N + 6 * L * d_attn * S (see the module docstring) for a transformers config."""
+    c = config.get_text_config()
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    q, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
+    per_layer = c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
+    n = c.num_hidden_layers * per_layer + c.hidden_size * c.vocab_size
+    return (6 if method == "full" else 4) * n + 6 * c.num_hidden_layers * q * sample_sq_over_len
+
+
+def peak_flops() -> tuple:
+    """(FLOP/s, what it is): the GPU's dense bf16 peak from its name, or the measured fp32 matmul rate of a CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for part, tflops in PEAK_BF16_TFLOPS.items():
+            if part in name:
+                return tflops * 1e12, f"{name}: {tflops:.0f} TFLOP/s dense bf16"
+        return None, f"{name}: peak unknown (add it to PEAK_BF16_TFLOPS)"
+    a = torch.randn(2048, 2048)
+    best = min(_timed(lambda: a @ a) for _ in range(3))
+    return 2 * 2048 ** 3 / best, f"CPU: measured fp32 matmul {2 * 2048 ** 3 / best / 1e9:.0f} GFLOP/s"
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def summarise(run: Dict[str, Any], flops: float, peak: Optional[float]) -> Dict[str, Any]:
+    if "error" in run:
+        return {"variant": run["variant"], "side": run["side"], "error": run["error"][-300:]}
+    row = tt.summarise(run)
+    row["mfu"] = round(flops * row["tokens_per_s"] / peak, 4) if peak else None
+    row["gpu_peak_allocated_gib"] = round(run.get("gpu_allocated", 0) / 2 ** 30, 2)
+    row["gpu_peak_reserved_gib"] = round(run.get("gpu_reserved", 0) / 2 ** 30, 2)
+    return row
+
+
+def sample_length_moment(spec: Dict[str, Any]) -> float:
+    """sum(sample length^2) / sum(sample length) over the prepared rows."""
+    cfg = tt.load_recipe(recipe(spec, "ours"), Path(spec["scratch"]) / f"recipe-{spec['key']}-moment.yaml")
+    _, data = tt.prepared_rows(cfg)
+    squares = total = 0
+    for positions in data.train["position_ids"]:
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
+        for a, b in zip(starts[:-1], starts[1:]):
+            squares, total = squares + (b - a) ** 2, total + (b - a)
+    return squares / max(total, 1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=None, help="comma-separated: llama3-8b, qwen3-8b, tiny "
+                        "(default: the 8B models on a GPU, tiny on a CPU)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: lora, qlora, full")
+    parser.add_argument("--seq", type=int, default=None, help="packed row length (default 4096 on a GPU, 256 on a CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run, the first a warm-up "
+                        "(default 12 on a GPU, 4 on a CPU)")
+    parser.add_argument("--no-trl", action="store_true", help="our side only")
+    parser.add_argument("--ours-gc", action="store_true", help="also run ours with gradient checkpointing")
+    parser.add_argument("--trl-variants", action="store_true", help="also run TRL without gradient checkpointing")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per run")
+    parser.add_argument("--out", default=None, help="JSON result (default bench/results/gpu_throughput[_cpu].json)")
+    parser.add_argument("--scratch", default=None, help="folder for models, data and outputs (default: temporary)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        spec = json.loads(args.child)
+        run = (child_trl if spec["variant"].startswith("trl") else child_ours)(spec, spec["variant"])
+        if int(os.environ.get("RANK", "0")) == 0:
+            Path(spec["result"]).write_text(json.dumps(run, ensure_ascii=False), encoding="utf-8")
+        return 0
+
+    gpu = on_gpu()
+    models = (args.models or ("llama3-8b,qwen3-8b" if gpu else "tiny")).split(",")
+    seq, steps = args.seq or (4096 if gpu else 256), args.steps or (12 if gpu else 4)
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="gpu-throughput-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    trl = not args.no_trl and trl_available()
+    corpus = scratch / "corpus.jsonl"
+    tt.write_corpus(corpus, max(300, 3 * steps * seq // 400))
+    peak, peak_what = peak_flops()
+    variants = ["ours"] + (["ours-gc"] if args.ours_gc else []) + (["trl"] if trl else []) + \
+        (["trl-nogc"] if trl and args.trl_variants else [])
+    report: Dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "peak": peak_what,
+                              "seq": seq, "steps": steps, "command": "python " + " ".join(sys.argv), "runs": {}}
+    for model in models:
+        model_dir = build_model(model, scratch)
+        for method in args.methods.split(","):
+            key = f"{model}-{method}"
+            spec = {"key": key, "model_dir": str(model_dir), "method": method, "seq": seq, "steps": steps,
+                    "gpu": gpu, "corpus": str(corpus), "scratch": str(scratch)}
+            from transformers import AutoConfig
+
+            flops = flops_per_token(AutoConfig.from_pretrained(model_dir), method, sample_length_moment(spec))
+            rows = [summarise(run_child(spec, v, args.timeout), flops, peak) for v in variants]
+            report["runs"][key] = {"flops_per_token": flops, "rows": rows}
+            print(table(key, rows), flush=True)
+    out = Path(args.out or REPO / "bench" / "results" / f"gpu_throughput{'' if gpu else '_cpu'}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"results: {out}")
+    return 0
+
+
+def table(key: str, rows: List[Dict[str, Any]]) -> str:
+    trl = next((r for r in rows if r["variant"] == "trl" and "error" not in r), None)
+    lines = [f"\n{key}", "| run | tokens/s per GPU | vs TRL | MFU | step s | peak GPU GiB (reserved) | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | failed: {r['error'][-120:]!r} | | | | | |")
+            continue
+        ratio = f"{r['tokens_per_s'] / trl['tokens_per_s']:.2f}x" if trl and trl["tokens_per_s"] else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        lines.append(f"| {r['variant']} | {r['tokens_per_s']:.0f} | {ratio} | {mfu} | {r['step_seconds']} | "
+                     f"{r['gpu_peak_allocated_gib']} ({r['gpu_peak_reserved_gib']}) | {r['peak_rss_mib']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())
