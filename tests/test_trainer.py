@@ -6,16 +6,20 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from train.data.packing import Collator, packed_rows
-from train.trainer import label_only_loss
+from train.trainer import LinearCrossEntropy, fusable_output_layer, label_only_loss
+
+
+def samples(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n_prompt, n_answer in [(7, 3), (12, 5), (4, 9), (9, 2), (6, 6)]:
+        ids = torch.randint(3, 100, (n_prompt + n_answer,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:]})
+    return out
 
 
 def rows(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    samples = []
-    for n_prompt, n_answer in [(7, 3), (12, 5), (4, 9), (9, 2), (6, 6)]:
-        ids = torch.randint(3, 100, (n_prompt + n_answer,), generator=g).tolist()
-        samples.append({"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:]})
-    return packed_rows(samples, [[0, 1], [2, 3, 4]])
+    return packed_rows(samples(seed), [[0, 1], [2, 3, 4]])
 
 
 @pytest.mark.parametrize("fused", [True, False])  # LinearCrossEntropy, or the model's logits + SummedCrossEntropy
@@ -49,6 +53,36 @@ def test_label_only_loss_and_grads_equal_plain_loss(packing, fused):
     label_only_loss(model, batch, n_items)
     hook.remove()
     assert seen[0][0] == n_items < batch["input_ids"].numel()
+
+
+def test_fused_loss_in_small_chunks_under_gradient_accumulation_equals_the_large_batch_loss(monkeypatch):
+    """Two micro-batches, each normalised by the label tokens of both (as the Trainer does), with logits computed 3
+    rows at a time (several chunks and a ragged last one): the accumulated gradients equal those of the plain mean
+    cross-entropy over the whole batch at once, in fp32 to 1e-5."""
+    monkeypatch.setattr(LinearCrossEntropy, "ROWS", 3)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa").train()
+    assert fusable_output_layer(model) is model.lm_head
+    data = samples()
+    full = Collator(pad_token_id=0, packing=False)(data)
+    n_items = int((full["labels"][:, 1:] != -100).sum())
+    logits = model(input_ids=full["input_ids"], attention_mask=full["attention_mask"], use_cache=False).logits
+    targets = full["labels"][:, 1:]
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 100), targets.reshape(-1), ignore_index=-100)
+    plain.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    total = 0.0
+    for part in (data[:2], data[2:]):
+        micro = label_only_loss(model, Collator(pad_token_id=0, packing=False)(part), torch.tensor(n_items))
+        micro.backward()
+        total += micro.item()
+    assert total == pytest.approx(plain.item(), abs=1e-5)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, plain_grads[name], atol=1e-5), name
 
 
 def test_gradient_checkpointing_recomputes_layers_and_keeps_loss_and_grads():
