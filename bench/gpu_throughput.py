@@ -337,7 +337,7 @@ def main(argv=None) -> int:
 
 def table(key: str, rows: List[Dict[str, Any]]) -> str:
     trl = next((r for r in rows if r["variant"] == "trl" and "error" not in r), None)
-    lines = [f"\n{key}", "| run | tokens/s per GPU | vs TRL | MFU | step s | peak GPU GiB (reserved) | peak RSS MiB |",
+    lines = [f"\n{key}", "| run | tokens/s per device | vs TRL | MFU | step s | peak GPU GiB (reserved) | peak RSS MiB |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
