@@ -1,7 +1,7 @@
 """Training-throughput benchmark: this project's trainer against TRL's SFTTrainer, in the same run, on the same model,
 rows, row order and hyper-parameters.
 
-    python bench/train_throughput.py                # workloads A, B and S (about 9 min on 2 CPU cores)
+    python bench/train_throughput.py                # workloads A, B and S (about 15 min on 2 CPU cores)
     python bench/train_throughput.py --no-trl       # our side only (also what happens when trl is not installed)
     python bench/train_throughput.py --workloads A  # one workload
     python bench/train_throughput.py --quick        # tiny model, our side only, 4 steps (tests/test_bench_train.py)
@@ -31,7 +31,7 @@ Each measurement runs in its own process (so its peak RSS is its own) for a fixe
                   seed, data seed, optimizer, schedule, batch size; gradient checkpointing and bf16, which TRL turns
                   on by default, are off as on our side. TRL flattens a batch into one row (its padding-free format)
                   and computes its fused log-probabilities over every position on a CPU (entropy and accuracy too).
-  trl-gc          (A) TRL with gradient checkpointing (its default), the baseline of ours-gc
+  trl-gc          TRL with gradient checkpointing (its default), the baseline of ours-gc
 A callback, the same on both sides, times every optimizer step (from the end of the previous one: data loading,
 forward, backward, optimizer, logging) and counts the step's real tokens (the Trainer's non-padding token count). The
 first step is a warm-up and is left out of tokens/s and step time. Peak memory is the process's peak RSS (VmHWM) at the

@@ -151,3 +151,12 @@ def test_fused_output_layer_only_where_the_model_uses_its_logits_as_they_are():
     assert fusable_output_layer(lora) is model.lm_head  # all-linear leaves the output layer alone
     model.config.final_logit_softcapping = 30.0  # e.g. Gemma-2: the logits change after the output layer
     assert fusable_output_layer(model) is None
+
+    # an instance-level forward on the output layer (accelerate's hooks set one) is put back after the fused pass
+    model.config.final_logit_softcapping = None
+    plain_forward = model.lm_head.forward
+    model.lm_head.forward = lambda x: plain_forward(x)
+    own = model.lm_head.forward
+    assert fusable_output_layer(model) is model.lm_head  # so the pass below takes the fused path
+    label_only_loss(model, Collator(pad_token_id=0, packing=True)(rows()), torch.tensor(5)).backward()
+    assert model.lm_head.__dict__["forward"] is own

@@ -268,9 +268,11 @@ def fusable_output_layer(model) -> Optional[torch.nn.Linear]:
     """The model's output layer when `LinearCrossEntropy` may stand in for it and the loss, else None."""
     while isinstance(model, torch.nn.parallel.DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
         model = model.module
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear or hasattr(head.weight, "ds_id"):  # LoRA/wrapped head, or ZeRO-3 partitioned
+    if type(model).__name__ == "FullyShardedDataParallel":  # FSDP1: weights are sharded outside its forward
         return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or hasattr(head.weight, "ds_id") or type(head.weight.data) is not torch.Tensor:
+        return None  # a LoRA/wrapped head (FSDP2 changes the class too), ZeRO-3-partitioned or a DTensor weight
     config = model.config.get_text_config()
     if any(getattr(config, key, None) not in (None, 1, 1.0) for key in OUTPUT_TRANSFORMS):
         return None
@@ -284,10 +286,14 @@ class _returns_its_input:
         self.head = head
 
     def __enter__(self):
+        self.own = self.head.__dict__.get("forward")  # e.g. an accelerate hook's forward: put back afterwards
         self.head.forward = lambda x: x  # an instance attribute shadows the class's forward
 
     def __exit__(self, *exc):
-        del self.head.forward
+        if self.own is None:
+            del self.head.forward
+        else:
+            self.head.forward = self.own
 
 
 class LinearCrossEntropy(torch.autograd.Function):
