@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 20261121
@@ -277,15 +277,17 @@ def make_corpus(n: int, seed: int = SEED) -> List[dict]:
     return out
 
 
-def write_corpus(path: Path, n: int, seed: int = SEED) -> Dict[str, int]:
-    """Write the corpus as JSONL ({'messages'} per line); returns the number of records per kind."""
-    records = make_corpus(n, seed)
-    kinds: Dict[str, int] = {}
+def write_corpus(path: Path, n: int, seed: int = SEED, kinds: Optional[List[str]] = None) -> Dict[str, int]:
+    """Write `n` records of the corpus (only those of `kinds`, if given) as JSONL ({'messages'} per line); returns the
+    number of records per kind."""
+    records = make_corpus(n, seed) if kinds is None else \
+        [r for r in make_corpus(4 * n, seed) if r["kind"] in kinds][:n]
+    counts: Dict[str, int] = {}
     with open(path, "w", encoding="utf-8") as f:
         for rec in records:
-            kinds[rec["kind"]] = kinds.get(rec["kind"], 0) + 1
+            counts[rec["kind"]] = counts.get(rec["kind"], 0) + 1
             f.write(json.dumps({"messages": rec["messages"]}, ensure_ascii=False) + "\n")
-    return kinds
+    return counts
 
 
 # ----------------------------------------------------------------------------------------------------------------------

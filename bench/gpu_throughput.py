@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import train_throughput as tt  # noqa: E402
-from bench.data_pipeline import machine, trl_available  # noqa: E402
+from bench.data_pipeline import machine, trl_available, write_corpus  # noqa: E402
 
 MODELS = {"llama3-8b": "llama3_tokenizer", "qwen3-8b": "qwen3_tokenizer", "tiny": None}
 METHODS = ("lora", "qlora", "full")
@@ -119,30 +119,28 @@ def recipe(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
     }
 
 
-class DevicePeak:
-    """Peak accelerator memory at the end of training (GPU only)."""
+def device_peak():
+    """A callback that records the peak accelerator memory of training (GPU only; 0 on a CPU)."""
+    from transformers import TrainerCallback
 
-    @staticmethod
-    def callback():
-        from transformers import TrainerCallback
+    class Peak(TrainerCallback):
+        def __init__(self):
+            self.allocated = self.reserved = 0
 
-        class Peak(TrainerCallback):
-            allocated = reserved = 0
+        def on_train_begin(self, args, state, control, **kwargs):
+            import torch
 
-            def on_train_begin(self, args, state, control, **kwargs):
-                import torch
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
 
-                if torch.cuda.is_available():
-                    torch.cuda.reset_peak_memory_stats()
+        def on_train_end(self, args, state, control, **kwargs):
+            import torch
 
-            def on_train_end(self, args, state, control, **kwargs):
-                import torch
+            if torch.cuda.is_available():
+                self.allocated = torch.cuda.max_memory_allocated()
+                self.reserved = torch.cuda.max_memory_reserved()
 
-                if torch.cuda.is_available():
-                    Peak.allocated = torch.cuda.max_memory_allocated()
-                    Peak.reserved = torch.cuda.max_memory_reserved()
-
-        return Peak()
+    return Peak()
 
 
 def child_ours(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
@@ -153,7 +151,7 @@ def child_ours(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
     cfg_dict = recipe(spec, variant)
     shutil.rmtree(cfg_dict["output_dir"], ignore_errors=True)
     cfg = tt.load_recipe(cfg_dict, Path(spec["scratch"]) / f"recipe-{spec['key']}-{variant}.yaml")
-    timer, peak = tt.step_timer(), DevicePeak.callback()
+    timer, peak = tt.step_timer(), device_peak()
     trainer = train_sft(cfg, callbacks=[timer, peak])[0]
     return {"side": "ours", "variant": variant, "steps": timer.steps, "peak_rss_kb": timer.peak_rss_kb,
             "rss_at_start_kb": timer.rss_at_start_kb, "gpu_allocated": peak.allocated, "gpu_reserved": peak.reserved,
@@ -162,18 +160,13 @@ def child_ours(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
 
 def child_trl(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
     """TRL's SFTTrainer on our packed rows (same order), its defaults otherwise; `trl-nogc`: without checkpointing."""
-    import datasets
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, set_seed
     from trl import SFTConfig, SFTTrainer
 
     cfg = tt.load_recipe(recipe(spec, "ours"), Path(spec["scratch"]) / f"recipe-{spec['key']}-trl.yaml")
     tokenizer, data = tt.prepared_rows(cfg)
-    rows = data.train.to_dict()
-    lengths = [[b - a for a, b in zip(s[:-1], s[1:])]
-               for s in ([i for i, p in enumerate(pos) if p == 0] + [len(pos)] for pos in rows["position_ids"])]
-    train = datasets.Dataset.from_dict({"input_ids": rows["input_ids"], "labels": rows["labels"],
-                                        "seq_lengths": lengths})
+    train = tt.trl_rows(data.train)
     gpu, method = spec["gpu"], spec["method"]
     dtype = torch.bfloat16 if gpu else torch.float32
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -196,7 +189,7 @@ def child_trl(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
         report_to=[], dataloader_num_workers=0, max_length=cfg.data.max_length, packing=True, padding_free=True,
         dataset_kwargs={"skip_prepare_dataset": True}, disable_tqdm=True,
         **({"gradient_checkpointing": False} if variant == "trl-nogc" else {}))  # else TRL's default (on)
-    timer, peak = tt.step_timer(), DevicePeak.callback()
+    timer, peak = tt.step_timer(), device_peak()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[timer, peak])
     trainer.train()
@@ -274,8 +267,7 @@ def sample_length_moment(spec: Dict[str, Any]) -> float:
     _, data = tt.prepared_rows(cfg)
     squares = total = 0
     for positions in data.train["position_ids"]:
-        starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
-        for a, b in zip(starts[:-1], starts[1:]):
+        for a, b in tt.sample_spans(positions):
             squares, total = squares + (b - a) ** 2, total + (b - a)
     return squares / max(total, 1)
 
@@ -310,7 +302,7 @@ def main(argv=None) -> int:
     scratch.mkdir(parents=True, exist_ok=True)
     trl = not args.no_trl and trl_available()
     corpus = scratch / "corpus.jsonl"
-    tt.write_corpus(corpus, max(300, 3 * steps * seq // 400))
+    write_corpus(corpus, max(300, 3 * steps * seq // 400))
     peak, peak_what = peak_flops()
     variants = ["ours"] + (["ours-gc"] if args.ours_gc else []) + (["trl"] if trl else []) + \
         (["trl-nogc"] if trl and args.trl_variants else [])

@@ -62,7 +62,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.data_pipeline import _cpu_seconds, _memory_kb, machine, make_corpus, trl_available  # noqa: E402
+from bench.data_pipeline import _cpu_seconds, _memory_kb, machine, trl_available, write_corpus  # noqa: E402
 
 SEED = 42
 # Both sides: torch's fused AdamW (the same update as adamw_torch, the project's default, in one kernel per parameter
@@ -86,17 +86,21 @@ WORKLOADS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def write_corpus(path: Path, n: int, kinds: Optional[List[str]] = None) -> Dict[str, int]:
-    """`n` records of bench/data_pipeline.py's corpus (only those of `kinds`, if given) as a `messages` JSONL file;
-    returns the number of records per kind."""
-    records = make_corpus(n if kinds is None else 4 * n)
-    records = [r for r in records if kinds is None or r["kind"] in kinds][:n]
-    counts: Dict[str, int] = {}
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            counts[record["kind"]] = counts.get(record["kind"], 0) + 1
-            f.write(json.dumps({"messages": record["messages"]}, ensure_ascii=False) + "\n")
-    return counts
+def sample_spans(position_ids: List[int]) -> List[tuple]:
+    """(start, stop) of each sample of a packed row: its position ids restart at 0 for every sample."""
+    starts = [i for i, p in enumerate(position_ids) if p == 0] + [len(position_ids)]
+    return list(zip(starts[:-1], starts[1:]))
+
+
+def trl_rows(train):
+    """Our prepared rows in TRL's packed format (input_ids, labels and `seq_lengths`, from which its collator rebuilds
+    the position ids), in memory like a dataset a TRL user builds; same rows, same order."""
+    import datasets
+
+    rows = train.to_dict()
+    return datasets.Dataset.from_dict({
+        "input_ids": rows["input_ids"], "labels": rows["labels"],
+        "seq_lengths": [[b - a for a, b in sample_spans(p)] for p in rows["position_ids"]]})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -255,7 +259,6 @@ def child_ours(workload: str, variant: str, scratch: Path, steps: int, optim: st
 
 
 def child_trl(workload: str, variant: str, scratch: Path, steps: int, optim: str) -> Dict[str, Any]:
-    import datasets
     import torch
     import transformers
     from transformers import AutoModelForCausalLM
@@ -265,13 +268,7 @@ def child_trl(workload: str, variant: str, scratch: Path, steps: int, optim: str
     cfg = load_recipe(recipe(workload, "ours", scratch, steps, optim), scratch / f"recipe-{workload}-trl.yaml")
     tokenizer, data = prepared_rows(cfg)  # our rows, from the cache the prepare step built
 
-    ours = data.train.to_dict()
-    seq_lengths = []  # TRL's packed format: the lengths of a row's samples (its collator rebuilds the position ids)
-    for positions in ours["position_ids"]:
-        starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
-        seq_lengths.append([b - a for a, b in zip(starts[:-1], starts[1:])])
-    rows = datasets.Dataset.from_dict({"input_ids": ours["input_ids"], "labels": ours["labels"],
-                                       "seq_lengths": seq_lengths})  # in memory, like a dataset a TRL user builds
+    rows = trl_rows(data.train)
     transformers.set_seed(cfg.train.seed)
     model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch.float32,
                                                  attn_implementation="sdpa")
@@ -321,9 +318,8 @@ def child_attention(workload: str, scratch: Path, steps: int, optim: str, repeat
     rows = [data.train[i] for i in pick]
     samples = []
     for row in rows:
-        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["position_ids"])]
         samples += [{"input_ids": row["input_ids"][a:b], "labels": row["labels"][a:b]}
-                    for a, b in zip(starts[:-1], starts[1:])]
+                    for a, b in sample_spans(row["position_ids"])]
     batches = {"padded": Collator(tokenizer.pad_token_id, packing=False)(samples),
                "packed": Collator(tokenizer.pad_token_id, packing=True)(rows)}
     model = load_model(cfg, tokenizer).train()
