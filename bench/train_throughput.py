@@ -35,7 +35,9 @@ Each measurement runs in its own process (so its peak RSS is its own) for a fixe
 A callback, the same on both sides, times every optimizer step (from the end of the previous one: data loading,
 forward, backward, optimizer, logging) and counts the step's real tokens (the Trainer's non-padding token count). The
 first step is a warm-up and is left out of tokens/s and step time. Peak memory is the process's peak RSS (VmHWM) at the
-end of training.
+end of training. Each result records whether large CPU tensors were on transparent huge pages ("huge_pages"): our side
+turns them on (train/sft.py sets THP_MEM_ALLOC_ENABLE), TRL gets them only if the environment sets it
+(`THP_MEM_ALLOC_ENABLE=1 python bench/train_throughput.py ...` gives both sides the same allocator).
 
 Attention layouts (one process per workload, after its runs): the same samples, forward + backward of the label-only
 loss, best of 2 alternating repeats: right-padded (SDPA), packed with transformers' block-diagonal mask (SDPA, the
@@ -191,6 +193,14 @@ def prepared_rows(cfg):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def huge_page_tensors() -> bool:
+    """Whether this process's large CPU tensors are on transparent huge pages: with THP_MEM_ALLOC_ENABLE (which
+    train/sft.py sets) PyTorch page-aligns them and advises huge pages; glibc alone returns 64-byte-aligned blocks."""
+    import torch
+
+    return all(torch.empty(1 << 20).data_ptr() % 4096 == 0 for _ in range(3))
+
+
 def step_timer():
     from transformers import TrainerCallback
 
@@ -253,6 +263,7 @@ def child_ours(workload: str, variant: str, scratch: Path, steps: int, optim: st
     timer = step_timer()
     trainer = train_sft(cfg, callbacks=[timer])[0]
     return {"side": "ours", "variant": variant, "steps": timer.steps, "peak_rss_kb": timer.peak_rss_kb,
+            "huge_pages": huge_page_tensors(),
             "rss_at_start_kb": timer.rss_at_start_kb, "attention": trainer.model.config._attn_implementation,
             "per_device_batch_size": cfg.train.per_device_batch_size,
             "recipe": str(scratch / f"recipe-{workload}-{variant}.yaml")}
@@ -293,6 +304,7 @@ def child_trl(workload: str, variant: str, scratch: Path, steps: int, optim: str
                          peft_config=peft_config, callbacks=[timer])
     trainer.train()
     return {"side": "trl", "variant": variant, "steps": timer.steps, "peak_rss_kb": timer.peak_rss_kb,
+            "huge_pages": huge_page_tensors(),
             "rss_at_start_kb": timer.rss_at_start_kb, "attention": trainer.model.config._attn_implementation,
             "per_device_batch_size": t.per_device_batch_size}
 
@@ -400,7 +412,7 @@ def summarise(run: Dict[str, Any]) -> Dict[str, Any]:
             "step_seconds": round(_median([s["seconds"] for s in timed]), 2),
             "cpu_seconds_per_step": round(_median([s["cpu_seconds"] for s in timed]), 2),
             "peak_rss_mib": round(run["peak_rss_kb"] / 1024), "rss_at_start_mib": round(run["rss_at_start_kb"] / 1024),
-            "losses": [s.get("loss") for s in run["steps"]],
+            "losses": [s.get("loss") for s in run["steps"]], "huge_pages": run.get("huge_pages"),
             "load": "/".join(f"{x:.1f}" for x in run.get("load_average", []))}
 
 

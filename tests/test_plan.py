@@ -129,29 +129,36 @@ def test_lora_parameter_count_equals_peft(tiny_causal_lm, arch, targets):
 
 
 def _saved_bytes(model, inputs: dict, autocast: bool) -> int:
-    """Bytes of the distinct non-parameter tensors autograd saves for backward during one forward pass."""
+    """Bytes of the distinct non-parameter tensors autograd saves for backward during one forward pass; under
+    train/recompute.py's `recomputing()`, what it replaces by a note is not counted (its own hook would do that)."""
     import torch
+
+    from train import recompute
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen = {}
 
     def pack(t):
+        if isinstance(recompute._pack(t), recompute._Note):
+            return t
         key = t.untyped_storage().data_ptr()
         if key not in params:
             seen[key] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with recompute.recomputing(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             model(**inputs, use_cache=False)
     return sum(seen.values())
 
 
-def _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, autocast, packed, seq=32):
+def _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, autocast, packed, recompute, seq=32):
     """(saved bytes per decoder layer per token, the model config): from models of 1 and 2 layers and batches of 1 and
     2 rows, so that what is not per layer (embeddings, the output layer) or not per token (weight copies) cancels."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+    from train.recompute import recompute_activations
 
     common = dict(vocab_size=300, hidden_size=128, intermediate_size=352, num_attention_heads=4, num_key_value_heads=2,
                   tie_word_embeddings=False, use_cache=False, **({"head_dim": 32} if arch == "qwen3" else {}))
@@ -161,6 +168,9 @@ def _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, auto
         for rows in (1, 2):
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype), attn_implementation=attn)
+            if recompute:  # as train/model.py does without gradient checkpointing, before LoRA
+                assert recompute_activations(model) == {"gated_mlp": layers,  # + q/k norms in Qwen3
+                                                       "rms_norm": (4 if arch == "qwen3" else 2) * layers + 1}
             if method == "lora":
                 from peft import LoraConfig, get_peft_model
 
@@ -175,29 +185,39 @@ def _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, auto
     return per, config
 
 
-@pytest.mark.parametrize("arch,dtype,attn,method,targets,dropout,autocast,packed", [
-    ("llama", "float32", "sdpa", "full", ["all-linear"], 0.0, False, True),
-    ("llama", "bfloat16", "sdpa", "full", ["all-linear"], 0.0, False, True),
-    ("llama", "bfloat16", "eager", "full", ["all-linear"], 0.0, False, True),
-    ("llama", "float32", "sdpa", "lora", ["all-linear"], 0.0, False, True),
-    ("llama", "float32", "sdpa", "lora", ["all-linear"], 0.1, False, True),
-    ("llama", "float32", "sdpa", "lora", ["q_proj", "v_proj"], 0.0, False, False),
-    ("llama", "bfloat16", "sdpa", "lora", ["all-linear"], 0.0, True, True),  # the GPU path: bf16 base, autocast
-    ("llama", "bfloat16", "sdpa", "lora", ["all-linear"], 0.1, True, True),
-    ("qwen3", "float32", "sdpa", "full", ["all-linear"], 0.0, False, True),
-    ("qwen3", "bfloat16", "sdpa", "lora", ["all-linear"], 0.05, True, False),
+@pytest.mark.parametrize("arch,dtype,attn,method,targets,dropout,autocast,packed,recompute", [
+    ("llama", "float32", "sdpa", "full", ["all-linear"], 0.0, False, True, False),
+    ("llama", "float32", "sdpa", "full", ["all-linear"], 0.0, False, True, True),
+    ("llama", "bfloat16", "sdpa", "full", ["all-linear"], 0.0, False, True, False),
+    ("llama", "bfloat16", "sdpa", "full", ["all-linear"], 0.0, False, True, True),
+    ("llama", "bfloat16", "eager", "full", ["all-linear"], 0.0, False, True, False),
+    ("llama", "float32", "sdpa", "lora", ["all-linear"], 0.0, False, True, False),
+    ("llama", "float32", "sdpa", "lora", ["all-linear"], 0.0, False, True, True),
+    ("llama", "float32", "sdpa", "lora", ["all-linear"], 0.1, False, True, False),
+    ("llama", "float32", "sdpa", "lora", ["all-linear"], 0.1, False, True, True),
+    ("llama", "float32", "sdpa", "lora", ["q_proj", "v_proj"], 0.0, False, False, False),
+    ("llama", "float32", "sdpa", "lora", ["q_proj", "v_proj"], 0.0, False, False, True),
+    ("llama", "bfloat16", "sdpa", "lora", ["all-linear"], 0.0, True, True, False),  # the GPU path: bf16, autocast
+    ("llama", "bfloat16", "sdpa", "lora", ["all-linear"], 0.0, True, True, True),
+    ("llama", "bfloat16", "sdpa", "lora", ["all-linear"], 0.1, True, True, False),
+    ("qwen3", "float32", "sdpa", "full", ["all-linear"], 0.0, False, True, False),
+    ("qwen3", "float32", "sdpa", "full", ["all-linear"], 0.0, False, True, True),
+    ("qwen3", "bfloat16", "sdpa", "lora", ["all-linear"], 0.05, True, False, False),
+    ("qwen3", "bfloat16", "sdpa", "lora", ["all-linear"], 0.05, True, False, True),
 ])
 def test_activation_formula_equals_the_tensors_autograd_saves(arch, dtype, attn, method, targets, dropout, autocast,
-                                                              packed):
+                                                              packed, recompute):
     """Exactly, byte for byte: what layer_activation_bytes predicts per layer and token is what autograd keeps in
-    transformers' Llama and Qwen3 layers (CPU; autocast as accelerate applies it on a GPU)."""
-    measured, config = _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, autocast, packed)
+    transformers' Llama and Qwen3 layers (CPU; autocast as accelerate applies it on a GPU), plain and with the
+    trainer's recomputed activations (train/recompute.py)."""
+    measured, config = _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, autocast, packed,
+                                                  recompute)
     shape = S.shape_from_config(config.to_dict(), arch)
     cfg = make_cfg(method=method, dtype=dtype, seq=32, r=8, targets=targets, dropout=dropout, attn=attn, packing=packed)
     p = P.precision(cfg, P.Hardware(device="cuda" if autocast else "cpu"), "ddp", P.Assumptions())
     p = replace(p, cuda=False)  # measured on a CPU: dropout masks in the input's dtype (1-byte booleans on a GPU)
     assert p.autocast == autocast
-    assert sum(P.layer_activation_bytes(shape, cfg, p, micro_batch=1).values()) == measured
+    assert sum(P.layer_activation_bytes(shape, cfg, p, micro_batch=1, recompute=recompute).values()) == measured
 
 
 def test_4bit_weights_take_the_bytes_bitsandbytes_allocates(tmp_path):
@@ -454,7 +474,7 @@ def test_strategy_from_the_accelerate_environment():
 def test_check_memory_refuses_on_a_gpu_with_the_nearest_fit_and_the_recipe_can_override():
     from train.config import ConfigError
 
-    cfg = make_cfg(method="full", seq=2048, micro_batch=4)
+    cfg = make_cfg(method="full", seq=2048, micro_batch=8)
     cfg.model.name_or_path = "llama3-8b"
     with pytest.raises(ConfigError) as err:  # full fine-tuning of 8B on one 80 GB GPU under plain DDP
         M.check_memory(cfg, env={}, hw=P.hardware("h100"))

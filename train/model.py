@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from train.config import Config, resolved_quant_storage
+from train.recompute import recompute_activations
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -95,6 +96,8 @@ def load_model(cfg: Config, tokenizer) -> PreTrainedModel:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = False  # no KV cache while training; generation turns it back on
     select_attention(model, cfg)
+    if not cfg.train.gradient_checkpointing:  # with checkpointing a layer keeps none of its MLP's activations anyway
+        recompute_activations(model)  # gated MLPs and RMSNorms: recomputed in backward, not kept (train/recompute.py)
     if cfg.method in ("lora", "qlora"):
         model = apply_lora(model, cfg)
     return model

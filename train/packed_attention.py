@@ -24,8 +24,10 @@ from typing import List, Optional, Tuple
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from train.recompute import register as register_recomputed
 
 PACKED_SDPA = "sdpa_packed"
 
@@ -62,21 +64,24 @@ def packed_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     if blocks is None:  # padded batch (mask), one sample per row, or decoding with a cache: SDPA, as transformers
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:  # once per layer for the whole batch, instead of once per block
-        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     batch, heads, length, _ = query.shape
     # Blocks come row by row, in order, and cover every row: split the flattened (B * L) tokens into them. One split
     # per tensor (its backward is one concatenation), never a slice of the whole batch per block (each slice's
-    # backward would write a batch-sized gradient).
+    # backward would write a batch-sized gradient). Keys and values keep their own heads (enable_gqa): not expanded
+    # to the query heads, so SDPA keeps them at their size for the backward pass.
     sizes = [stop - start for _, start, stop in blocks]
-    q, k, v = (t.transpose(1, 2).reshape(batch * length, heads, t.shape[-1]).split(sizes) for t in (query, key, value))
+    q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], t.shape[-1]).split(sizes)
+               for t in (query, key, value))
+    gqa = key.shape[1] != heads
     outputs = [  # each (block length, H, D)
         torch.nn.functional.scaled_dot_product_attention(
             qb.transpose(0, 1)[None], kb.transpose(0, 1)[None], vb.transpose(0, 1)[None], dropout_p=dropout,
-            scale=scaling, is_causal=True)[0].transpose(0, 1)
+            scale=scaling, is_causal=True, enable_gqa=gqa)[0].transpose(0, 1)
         for qb, kb, vb in zip(q, k, v)]
-    return torch.cat(outputs).view(batch, length, heads, value.shape[-1]), None
+    out = torch.cat(outputs)
+    # the output layer keeps its input; in training it is recomputed from the blocks' outputs, which SDPA keeps
+    register_recomputed(out, lambda *blocks_out: torch.cat(blocks_out), *outputs)
+    return out.view(batch, length, heads, value.shape[-1]), None
 
 
 def packed_sdpa_mask(**kwargs) -> Optional[torch.Tensor]:

@@ -19,7 +19,9 @@ What is counted per GPU (bytes), for DDP, ZeRO-2, ZeRO-3, ZeRO-3 with CPU offloa
   are not counted against the GPU), fp32 master weights (DeepSpeed), what ZeRO-3/FSDP gather and the communication
   buckets (read from configs/deepspeed/*.json);
 - activations saved for the backward pass, per decoder layer and token, from what autograd keeps in transformers'
-  Llama-style layers (checked tensor by tensor in tests/test_plan.py), with and without gradient checkpointing, plus
+  Llama-style layers (checked tensor by tensor in tests/test_plan.py), with and without gradient checkpointing (without
+  it, as the trainer runs: gated MLPs keep two intermediate-width tensors fewer and fp32 RMSNorm outputs are
+  recomputed, train/recompute.py), plus
   the loss: 12 bytes x vocabulary x label tokens (fp32 logits, log-softmax and their gradients at once);
 - the peak of a step: static memory + the larger of (forward/backward: activations and gradients) and (optimizer
   step: gradients and its temporaries);
@@ -191,9 +193,12 @@ def lora_input_bytes(p: Precision, in_bytes: int, dropout: float) -> Optional[in
     return None if p.adapter == in_bytes else p.adapter
 
 
-def layer_activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: int) -> Dict[str, float]:
+def layer_activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: int,
+                           recompute: bool = False) -> Dict[str, float]:
     """Per token, one decoder layer: what autograd saves, by part (tests/test_plan.py checks it against the tensors
-    saved_tensors_hooks sees in transformers' Llama and Qwen3 layers)."""
+    saved_tensors_hooks sees in transformers' Llama and Qwen3 layers). recompute: with train/recompute.py's gated MLP
+    and RMSNorm outputs (the trainer's forward without gradient checkpointing): act(gate) is not kept, nor the
+    product read by down_proj or an fp32 norm's output where a linear layer keeps that very tensor."""
     h, q, kv, inter, heads = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate, shape.heads
     seq = cfg.data.max_length
     full = cfg.method == "full"
@@ -215,27 +220,30 @@ def layer_activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: in
         gqa = native_gqa(cfg, micro_batch)  # else keys/values expanded to all heads, and the mask kept as floats
         out["attention"] = p.act * (2 * q + 2 * (kv if gqa else q)) + 4 * heads + (0 if gqa else seq * p.act)
 
-    # inputs of the linear layers, kept for their weights' gradients (shared by layers that read the same tensor)
-    groups = [(("q", "k", "v"), h, p.norm_out, False), (("o",), q, p.act, not eager),
-              (("gate", "up"), h, p.norm_out, False), (("down",), inter, p.act, False)]
+    # inputs of the linear layers, kept for their weights' gradients (shared by layers that read the same tensor);
+    # recomputed: the input is a registered tensor (an fp32 norm's output, the MLP's product), not kept when kept as is
+    norm_recomputed = recompute and p.residual == 4  # the norm hook registers outputs of fp32 inputs only
+    groups = [(("q", "k", "v"), h, p.norm_out, False, norm_recomputed), (("o",), q, p.act, not eager, False),
+              (("gate", "up"), h, p.norm_out, False, norm_recomputed), (("down",), inter, p.act, False, recompute)]
     inputs = 0.0
     lora_inner = 0.0
-    for roles, width, in_bytes, shared_with_attention in groups:
+    for roles, width, in_bytes, shared_with_attention, recomputed in groups:
+        kept_as_is = 0 if (shared_with_attention or recomputed) else width * in_bytes
         modules = [names[r] for r in roles]
         if full:
-            inputs += 0 if shared_with_attention else width * in_bytes
+            inputs += kept_as_is
             continue
         adapted = [m for m in modules if m in targets]
         if not adapted:
             continue
         each = lora_input_bytes(p, in_bytes, cfg.lora.dropout)
         if each is None:
-            inputs += 0 if shared_with_attention else width * in_bytes
+            inputs += kept_as_is
         else:
             inputs += len(adapted) * width * each
         lora_inner += len(adapted) * cfg.lora.r * (2 if p.autocast else p.adapter)
     out["linear inputs"] = inputs
-    out["mlp"] = 3 * inter * p.act  # activation input, activation output, up projection
+    out["mlp"] = (2 if recompute else 3) * inter * p.act  # activation input, (activation output,) up projection
     if lora_inner:
         out["lora"] = lora_inner
     return out
@@ -245,7 +253,7 @@ def activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: int, che
                      a: Assumptions) -> Dict[str, float]:
     """Saved activations of one micro-batch and the peak around the loss, in bytes: {'layers', 'other', 'loss'}."""
     tokens = micro_batch * cfg.data.max_length
-    per_layer = sum(layer_activation_bytes(shape, cfg, p, micro_batch).values())
+    per_layer = sum(layer_activation_bytes(shape, cfg, p, micro_batch, recompute=not checkpointing).values())
     if checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
         layers = shape.layers * shape.hidden * p.residual * tokens + per_layer * tokens
     else:
@@ -435,7 +443,8 @@ def estimate(shape: ModelShape, cfg, hw: Hardware, strategy: str, micro_batch: i
 
     act = activation_bytes(shape, cfg, p, micro_batch, checkpointing, a)
     activations = act["layers"] + act["other"] + act["loss"]
-    one_layer = sum(layer_activation_bytes(shape, cfg, p, micro_batch).values()) * micro_batch * cfg.data.max_length
+    one_layer = sum(layer_activation_bytes(shape, cfg, p, micro_batch, recompute=not checkpointing).values()) \
+        * micro_batch * cfg.data.max_length
     parts: Dict[str, float] = {
         "weights" if full else ("base weights (4-bit)" if quantised else "base weights"): weights,
         "LoRA adapters": adapters,

@@ -36,6 +36,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 
 from train.config import Config
+from train.recompute import recomputing
 from train.data.packing import balance_micro_batches
 
 
@@ -199,7 +200,9 @@ class SFTTrainer(Trainer):
         self._step_tokens += int(real)
         self._slots += ids.numel()
         self._label_tokens += int((labels != -100).sum())
-        return label_only_loss(model, inputs, num_items_in_batch) * self._loss_scale()
+        with recomputing():  # what train/recompute.py registers is recomputed in backward instead of kept
+            loss = label_only_loss(model, inputs, num_items_in_batch)
+        return loss * self._loss_scale()
 
     def _loss_scale(self) -> int:
         """As the Trainer does: with token averaging across ranks, DDP's gradient mean must become a sum."""
