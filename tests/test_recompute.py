@@ -1,5 +1,6 @@
 """train/recompute.py: gated MLPs keep (gate, up) and recompute act(gate) and the product in backward; RMSNorm
-outputs are recomputed from the norm's input.
+outputs are recomputed from the norm's input; the packed CPU attention's concatenated output is recomputed from its
+blocks. Also train/model.py's in-place LoRA update (fewer temporaries, peft's bits).
 
 Each case runs the same batch through a plain model and a patched copy of it: the loss and every gradient must be
 bit-identical, and what the forward pass leaves allocated must shrink by exactly the tensors no longer kept (two of
@@ -201,3 +202,37 @@ def test_packed_attention_output_is_recomputed_from_the_blocks(tmp_path):
     assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
     cfg = model.config
     assert kept_a - kept_b == pytest.approx(input_ids.numel() * cfg.num_hidden_layers * cfg.hidden_size * 4, rel=0.03)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_lean_lora_forward_gives_peft_bits(tmp_path, dropout):
+    """train/model.py's in-place LoRA update: loss and every gradient bit-identical to peft's own forward (dropout
+    included, same random stream); a disabled adapter falls back to peft and gives the base model."""
+    from peft import LoraConfig, get_peft_model
+
+    from train.model import lean_lora_layers
+
+    base = _load(build_tiny_model_dir(tmp_path / "llama"))
+    models = []
+    for lean in (False, True):
+        torch.manual_seed(1)
+        model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
+                                                                target_modules="all-linear", init_lora_weights=False))
+        if lean:
+            assert lean_lora_layers(model) == 7 * base.config.num_hidden_layers
+        models.append(model)
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, base.config.vocab_size, (2, 48))
+    results = []
+    for model in models:
+        model.train()
+        torch.manual_seed(2)
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b) and len(grads_a) == 14 * base.config.num_hidden_layers
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+    lean = models[1].eval()
+    with torch.no_grad(), lean.disable_adapter():
+        assert torch.equal(lean(input_ids=input_ids).logits, base.eval()(input_ids=input_ids).logits)

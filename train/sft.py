@@ -20,8 +20,8 @@ if __package__ in (None, ""):  # run as a script: make `train` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # CPU tensors of 2 MiB and more on transparent huge pages (PyTorch reads THP_MEM_ALLOC_ENABLE once, at its first CPU
-# allocation: set here, before anything allocates). Training on a CPU, measured in BENCHMARKS.md (issue 9): SmolLM2-135M
-# with LoRA, 2,330 MiB peak instead of 2,967 and no slower; GPU memory is not affected. THP_MEM_ALLOC_ENABLE=0 opts out.
+# allocation: set here, before anything allocates). Measured on a 2-core CPU (BENCHMARKS.md, issue 9), SmolLM2-135M with
+# LoRA: 2,330 MiB peak instead of 2,967, and no slower. GPU memory is not affected. THP_MEM_ALLOC_ENABLE=0 opts out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 EXIT_USER_ERROR = 2

@@ -36,6 +36,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 
 from train.config import Config
+from train.cpu_heap import trim_before_embedding_backward
 from train.recompute import recomputing
 from train.data.packing import balance_micro_batches
 
@@ -147,6 +148,8 @@ class SFTTrainer(Trainer):
         self._rank_tokens = [0, 0]  # over the logging window: sum of the busiest rank's and of the idlest rank's
         self._window_start = time.perf_counter()
         self.add_callback(_StepGuard(self))
+        if not has_cuda():  # CPU training: the freed activations' heap back to the system before that gradient
+            trim_before_embedding_backward(self.model)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.args.train_sampling_strategy != "batch_rebalance":  # train.sampler=random
@@ -331,6 +334,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 weight_grad.addmm_(grad.t(), h.float())
             if bias_grad is not None:
                 bias_grad += grad.sum(0)
+            del logits, grad  # before the next chunk's logits exist: one chunk at a time, not two
         # Kept as attributes, not saved tensors, and dropped in the backward: the engine then holds the only reference
         # to the weight's gradient and the parameter adopts it (a saved tensor would make it copy a weight-sized one).
         ctx.grads = (hidden_grad, weight_grad, bias_grad)
