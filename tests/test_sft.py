@@ -178,6 +178,36 @@ def test_adapter_reloads_and_merges_to_trained_logits(recipe, tmp_path, method):
         assert torch.allclose(_logits(merged, ids), trained, atol=1e-4)
 
 
+def test_qlora_gradients_are_the_same_after_an_evaluation_call(recipe):
+    """On a CPU with AVX512-BF16 (this machine has it) bitsandbytes would repack a 4-bit layer on its first eval-mode
+    call and compute it in bf16 from then on, training included; train/model.py keeps it on the compute dtype, so an
+    evaluation between two steps leaves the loss and every gradient bit-identical."""
+    from train.model import apply_lora, load_base_model
+
+    cfg = load_config(recipe, ["method=qlora", "qlora.compute_dtype=float32", "lora.dropout=0.0"])
+    model = apply_lora(load_base_model(cfg), cfg)
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)  # non-zero: every LoRA gradient flows
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+
+    def step():
+        model.train()
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    loss_before, grads_before = step()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    loss_after, grads_after = step()
+    assert torch.equal(loss_before, loss_after) and grads_before.keys() == grads_after.keys()
+    assert all(torch.equal(grads_before[n], grads_after[n]) for n in grads_before)
+
+
 def test_full_fine_tuning_saves_loadable_weights(recipe, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -44,7 +44,7 @@ def load_base_model(cfg: Config, device_map=None) -> PreTrainedModel:
         # bitsandbytes quantises while loading onto the device; one device per process (DDP) or the CPU. Under
         # ZeRO-3 / FSDP no device_map: they place and shard the (float-stored) 4-bit weights themselves.
         device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else "cpu"
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         cfg.model.name_or_path,
         revision=cfg.model.revision,
         dtype=DTYPES[cfg.model.dtype],
@@ -54,6 +54,14 @@ def load_base_model(cfg: Config, device_map=None) -> PreTrainedModel:
         quantization_config=quant,
         device_map=device_map,
     )
+    if quant is not None:
+        # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights on its first inference call (eval
+        # mode, no gradient) and from then on computes that layer in bf16, in training too: an evaluation during
+        # training would silently change the training's numerics. Keep every call on the compute dtype.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def resize_for_tokenizer(model: PreTrainedModel, tokenizer) -> int:
@@ -92,8 +100,9 @@ def apply_lora(model: PreTrainedModel, cfg: Config) -> PreTrainedModel:
 def lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """peft's LoRA Linear forward for its common case (one active unmerged plain adapter), with the adapter's update
     scaled and added in place: peft computes `result + lora_B(lora_A(dropout(x))) * scaling` out of place, two more
-    output-sized tensors per layer and call. Same operations in the same order, so the same bits (tests/test_recompute.py);
-    anything else (several or disabled adapters, DoRA and other variants, extra arguments) takes peft's own forward."""
+    output-sized tensors per layer and call. Same operations in the same order, so the same bits
+    (tests/test_recompute.py). Anything else (several or disabled adapters, DoRA and other variants, extra arguments)
+    takes peft's own forward."""
     active = self.active_adapters
     if args or kwargs or self.disable_adapters or self.merged or len(active) != 1 or active[0] not in self.lora_A \
             or active[0] in self.lora_variant:

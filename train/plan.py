@@ -175,7 +175,8 @@ def precision(cfg, hw: Hardware, strategy: str, a: Assumptions) -> Precision:
 
 def native_gqa(cfg, micro_batch: int) -> bool:
     """Key/value heads stay unexpanded: FlashAttention always; SDPA only without an attention mask (transformers'
-    use_gqa_in_sdpa), and SFT batches carry one (packing: per-sample block mask; padding) unless one unpacked row."""
+    use_gqa_in_sdpa), and SFT batches carry one (packing: per-sample block mask; padding) unless one unpacked row.
+    Packed rows on a CPU (train/packed_attention.py) keep them unexpanded too; counted expanded here, an upper bound."""
     attn = cfg.model.attn_implementation
     if "flash" in attn:
         return True

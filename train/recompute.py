@@ -57,9 +57,11 @@ class ActTimesUp(torch.autograd.Function):
 
 def register(output: torch.Tensor, recompute: Callable, *inputs: torch.Tensor) -> None:
     """While `recomputing()` is active: if autograd saves `output` (or a view of it), keep a note instead and call
-    `recompute(*inputs)` in the backward pass. `inputs` must be tensors autograd keeps anyway; they are held detached."""
+    `recompute(*inputs)` in the backward pass. `inputs` must be tensors autograd keeps anyway; they are held
+    detached."""
     if _registry is None or type(output) is not torch.Tensor or output.storage_offset() != 0 \
-            or not output.is_contiguous() or output.untyped_storage().nbytes() != output.numel() * output.element_size():
+            or not output.is_contiguous() \
+            or output.untyped_storage().nbytes() != output.numel() * output.element_size():
         return  # only a tensor that is its whole storage: the notes recreate views of it by their geometry
     key = output.untyped_storage().data_ptr()
     _registry[key] = (weakref.ref(output, lambda _: _registry is not None and _registry.pop(key, None)),
