@@ -71,6 +71,12 @@ def main(argv=None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     trainer = train_sft(cfg, command=["train/sft.py", "--config", args.config, *args.overrides])[0]
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # the process group's threads end here, not during interpreter exit: there, a ZeRO-3 rank was seen to abort
+        # after a completed run ("terminate called without an active exception", BENCHMARKS.md)
+        dist.destroy_process_group()
     if trainer.preempted:
         print(f"stopped by {trainer.preempted} after saving checkpoint-{trainer.state.global_step}; run the same "
               f"command again (train.resume=auto) to continue. Exit code {EXIT_PREEMPTED}.", flush=True)
