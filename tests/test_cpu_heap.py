@@ -5,21 +5,13 @@ arrives, with and without the hook, and the gradients it lets through."""
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
 
+from tests.peak_memory import anonymous_rss
 from tests.tiny_model import build_tiny_model_dir
 from train.cpu_heap import _LIBC, trim_before_embedding_backward
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _anonymous_rss() -> int:
-    with open("/proc/self/statm") as f:
-        _, resident, shared = (int(x) for x in f.read().split()[:3])
-    return (resident - shared) * PAGE
 
 
 @pytest.mark.skipif(_LIBC is None, reason="glibc's malloc_trim")
@@ -37,7 +29,7 @@ def test_free_heap_is_returned_before_the_embedding_gradient(tmp_path):
         m.zero_grad(set_to_none=True)
         out = m.get_input_embeddings()(ids)  # a probe hook after the model's own: the RSS when the gradient arrives
         loss = m(inputs_embeds=out, labels=ids).loss
-        out.register_hook(lambda g: seen.update(rss=_anonymous_rss()))
+        out.register_hook(lambda g: seen.update(rss=anonymous_rss()))
         loss.backward()
         return seen["rss"], {n: p.grad.clone() for n, p in m.named_parameters()}
 

@@ -20,8 +20,10 @@ import torch
 
 def _glibc():
     name = ctypes.util.find_library("c")
+    if not name:
+        return None
     try:
-        libc = ctypes.CDLL(name) if name else None
+        libc = ctypes.CDLL(name)
         libc.malloc_trim.argtypes = [ctypes.c_size_t]  # glibc only (musl has no malloc_trim)
     except (OSError, AttributeError):
         return None
