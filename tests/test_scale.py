@@ -169,11 +169,17 @@ def test_zero3_lora_saves_the_complete_adapter(work, reference, tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_zero3_qlora_matches_one_process(work, reference, tmp_path):
+    """Also the run whose rank 1 aborted at exit after saving, once in ~50 runs on a loaded CPU (a gloo thread asked
+    for the GIL during interpreter teardown); ranks now leave without that teardown (train/sft.py leave()), and the
+    W&B record, which only an atexit handler completes, shows that what a normal exit runs still ran."""
     out = tmp_path / "z3qlora"
-    two_process_deepspeed(work, "zero3", out, "method=qlora")
+    two_process_deepspeed(work, "zero3", out, "method=qlora", "tracking.wandb_mode=offline")
     assert_same_losses(out, reference("qlora"))
     _adapter_vs(load_file(out / "adapter_model.safetensors"),
                 load_file(reference("qlora") / "adapter_model.safetensors"), atol=1e-5)
+    [record] = (out / "wandb").glob("offline-run-*/run-*.wandb")  # one W&B run: rank 0's
+    assert b"train/loss" in record.read_bytes()  # the logged steps were written, not lost at exit
+    assert "stream: all finished" in (record.parent / "logs" / "debug-internal.log").read_text()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -237,6 +237,33 @@ def test_wandb_offline_run_records_metrics_without_secrets(recipe, tmp_path):
             assert secret.encode() not in data and b"hf_" + b"x" * 30 not in data, f
 
 
+def test_a_process_in_a_process_group_leaves_with_its_exit_code_after_the_exit_handlers(tmp_path):
+    """train/sft.py leave(): without a process group it returns the code; with one (a world of one over gloo here) the
+    process ends at once with that code, after the atexit handlers and with stdout flushed, and without the
+    interpreter teardown (where a gloo thread that wants the GIL aborts the process)."""
+    script = f"""
+import atexit, sys
+sys.path.insert(0, {str(REPO)!r})
+import torch.distributed as dist
+from train.sft import leave
+assert leave(3) == 3  # no process group: an ordinary return
+dist.init_process_group("gloo", init_method="file://{tmp_path}/store", rank=0, world_size=1)
+atexit.register(lambda: open("{tmp_path}/atexit", "w").write("ran"))
+class Teardown:  # writes its file during an interpreter teardown (open is bound now: builtins go first there)
+    def __del__(self, open=open):
+        open("{tmp_path}/teardown", "w").write("ran")
+kept = Teardown()
+print("trained", end="")  # still in the buffer of a piped stdout
+leave(75, wait_for_peers=True)
+print(" and came back")
+"""
+    res = run_cli([sys.executable, "-c", script])
+    assert res.returncode == 75, res.stderr[-2000:]
+    assert res.stdout == "trained"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert not (tmp_path / "teardown").exists()
+
+
 def test_user_errors_exit_2_with_message_and_no_traceback(recipe, tmp_path):
     res = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), "train.max_step=3"])
     assert res.returncode == 2 and "train.max_steps" in res.stderr and "Traceback" not in res.stderr

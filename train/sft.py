@@ -71,12 +71,6 @@ def main(argv=None) -> int:
 
     cfg = load_config(args.config, args.overrides)
     trainer = train_sft(cfg, command=["train/sft.py", "--config", args.config, *args.overrides])[0]
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        # the process group's threads end here, not during interpreter exit: there, a ZeRO-3 rank was seen to abort
-        # after a completed run ("terminate called without an active exception", BENCHMARKS.md)
-        dist.destroy_process_group()
     if trainer.preempted:
         print(f"stopped by {trainer.preempted} after saving checkpoint-{trainer.state.global_step}; run the same "
               f"command again (train.resume=auto) to continue. Exit code {EXIT_PREEMPTED}.", flush=True)
@@ -229,13 +223,43 @@ def run(argv=None) -> int:
     from train.trainer import TrainingDiverged
 
     try:
-        return main(argv)
+        return leave(main(argv), wait_for_peers=True)
     except (ConfigError, DataError, TemplateError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
+        return leave(EXIT_USER_ERROR)
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        return EXIT_DIVERGED
+        return leave(EXIT_DIVERGED)
+
+
+def leave(code: int, wait_for_peers: bool = False) -> int:
+    """The exit code, returned; in a process that holds a process group, the process ends here with it.
+
+    Python's interpreter teardown is skipped there (os._exit after everything a normal exit runs first: non-daemon
+    threads joined, atexit handlers such as W&B's finish and logging's flush, stdout/stderr flushed). The teardown
+    is what aborted ZeRO-3 ranks after complete runs: a gloo worker thread that frees a finished collective's tensor
+    needs the GIL, and once the interpreter is finalizing, Python ends a thread asking for it with pthread_exit, which
+    in that C++ frame is std::terminate ("terminate called without an active exception", SIGABRT, exit -6; seen in a
+    core dump of rank 1). destroy_process_group() does not stop those threads while DeepSpeed still references the
+    groups (every ZeRO-3 parameter does). `wait_for_peers`: a barrier first, so no rank leaves while a peer may still
+    run a collective with it; not after an error, where a peer may never reach it."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        return code
+    import atexit
+    import threading
+
+    if wait_for_peers:
+        dist.barrier()
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
