@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -66,7 +67,14 @@ def cmd_eval(args) -> int:
     from train.data.templates import generation_prompt
     from train.model import load_base_model, resize_for_tokenizer
 
+    from train.attention import check_available
+    from train.config import ConfigError
+    from train.device import eval_device_map
+
     cfg, tokenizer, changes = _load(args)
+    problem = check_available(cfg.model.attn_implementation, torch.cuda.is_available())
+    if problem:
+        raise ConfigError(problem)
     data = load_or_build(cfg, tokenizer, is_main=True)
     conv_file = data.path / "eval_conversations.jsonl"
     if data.eval is None or not conv_file.exists():
@@ -96,9 +104,13 @@ def cmd_eval(args) -> int:
         print(f"  {label}: {len(preds)} samples in {time.time() - t0:.1f}s", flush=True)
         return metrics, preds, per_sample
 
+    # on the local GPU when there is one (in the training dtype), else on the CPU
+    device_map = eval_device_map(torch.cuda.is_available(), int(os.environ.get("LOCAL_RANK", 0)))
+    print(f"evaluating on {'cuda:%d' % device_map[''] if device_map else 'the CPU'} in {cfg.model.dtype}", flush=True)
+
     def load(name_or_path: str):
         cfg.model.name_or_path = name_or_path
-        model = load_base_model(cfg)
+        model = load_base_model(cfg, device_map=device_map)
         resize_for_tokenizer(model, tokenizer)
         return model
 

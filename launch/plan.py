@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
                                  "a6000, rtx4090 (default h100)")
     p.add_argument("--gpu-mem", type=float, help="GiB per GPU (overrides --gpu)")
     p.add_argument("--gpu-tflops", type=float, help="dense bf16 peak TFLOP/s per GPU (overrides --gpu)")
-    p.add_argument("--mfu", type=float, default=0.40, help="assumed model FLOP utilisation (default 0.40)")
+    p.add_argument("--mfu", type=float, help="model FLOP utilisation for the speed line (default: per method and GPU "
+                                             "from configs/mfu.json, measured by scripts/gpu_check.sh where it ran)")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the recipe's data.max_length)")
     p.add_argument("--global-batch", type=int, help="sequences per optimizer step over all GPUs (default: the "
                                                     "recipe's micro-batch x accumulation x GPUs; --model: 32)")

@@ -390,7 +390,8 @@ def test_choose_attention_per_backend():
     config = LlamaConfig()
     assert choose_attention("sdpa", True, "cpu", config) == PACKED_SDPA
     assert choose_attention("sdpa", False, "cpu", config) == "sdpa"  # padded batches: SDPA as it is
-    assert choose_attention("sdpa", True, "cuda", config) == "sdpa"  # GPU: transformers' block mask
+    # GPU: never transformers' dense block mask (tests/test_attention.py has the whole table)
+    assert choose_attention("sdpa", True, "cuda", config, "bfloat16", flash_installed=False) == "varlen_packed"
     assert choose_attention("flash_attention_2", True, "cuda", config) == "flash_attention_2"  # varlen kernels
     assert choose_attention("eager", True, "cpu", config) == "eager"
 

@@ -128,7 +128,7 @@ def test_lora_parameter_count_equals_peft(tiny_causal_lm, arch, targets):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _saved_bytes(model, inputs: dict, autocast: bool) -> int:
+def _saved_bytes(model, inputs: dict, autocast: bool, recomputing: bool = True) -> int:
     """Bytes of the distinct non-parameter tensors autograd saves for backward during one forward pass; under
     train/recompute.py's `recomputing()`, what it replaces by a note is not counted (its own hook would do that)."""
     import torch
@@ -146,7 +146,7 @@ def _saved_bytes(model, inputs: dict, autocast: bool) -> int:
             seen[key] = t.untyped_storage().nbytes()
         return t
 
-    with recompute.recomputing(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with recompute.recomputing(recomputing), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             model(**inputs, use_cache=False)
     return sum(seen.values())
@@ -158,7 +158,10 @@ def _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, auto
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
+    from train.packed_attention import register
     from train.recompute import recompute_activations
+
+    register()  # "sdpa_packed" and "varlen_packed" become valid implementations
 
     common = dict(vocab_size=300, hidden_size=128, intermediate_size=352, num_attention_heads=4, num_key_value_heads=2,
                   tie_word_embeddings=False, use_cache=False, **({"head_dim": 32} if arch == "qwen3" else {}))
@@ -180,7 +183,7 @@ def _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, auto
             positions = torch.cat([torch.arange(seq // 2), torch.arange(seq - seq // 2)]) if packed else \
                 torch.arange(seq)  # packed: two samples per row, so transformers builds a block mask
             inputs = {"input_ids": torch.randint(0, 300, (rows, seq)), "position_ids": positions.repeat(rows, 1)}
-            saved[layers, rows] = _saved_bytes(model, inputs, autocast)
+            saved[layers, rows] = _saved_bytes(model, inputs, autocast, recompute)
     per = ((saved[2, 2] - saved[1, 2]) - (saved[2, 1] - saved[1, 1])) / seq
     return per, config
 
@@ -197,6 +200,10 @@ def _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, auto
     ("llama", "bfloat16", "sdpa", "lora", ["all-linear"], 0.1, True, True),
     ("qwen3", "float32", "sdpa", "full", ["all-linear"], 0.0, False, True),
     ("qwen3", "bfloat16", "sdpa", "lora", ["all-linear"], 0.05, True, False),
+    # the per-sample attention packed rows train with on a CPU (train/attention.py): no mask, heads unexpanded
+    ("llama", "float32", "sdpa_packed", "full", ["all-linear"], 0.0, False, True),
+    ("llama", "float32", "sdpa_packed", "lora", ["all-linear"], 0.1, False, True),
+    ("qwen3", "bfloat16", "sdpa_packed", "lora", ["all-linear"], 0.0, True, True),
 ])
 def test_activation_formula_equals_the_tensors_autograd_saves(arch, dtype, attn, method, targets, dropout, autocast,
                                                               packed, recompute):
@@ -210,7 +217,8 @@ def test_activation_formula_equals_the_tensors_autograd_saves(arch, dtype, attn,
     p = P.precision(cfg, P.Hardware(device="cuda" if autocast else "cpu"), "ddp", P.Assumptions())
     p = replace(p, cuda=False)  # measured on a CPU: dropout masks in the input's dtype (1-byte booleans on a GPU)
     assert p.autocast == autocast
-    assert sum(P.layer_activation_bytes(shape, cfg, p, micro_batch=1, recompute=recompute).values()) == measured
+    assert sum(P.layer_activation_bytes(shape, cfg, p, micro_batch=1, recompute=recompute,
+                                        attention=attn).values()) == measured
 
 
 def test_4bit_weights_take_the_bytes_bitsandbytes_allocates(tmp_path):
@@ -434,7 +442,9 @@ def test_recommendation_prefers_the_least_sharding_and_the_fastest_setting_that_
     # step time from the FLOP count: 4N + attention for LoRA, 6N for full, at the stated MFU
     n_matmul = shape.parameters().linear + shape.vocab * shape.hidden
     assert p.flops_per_token == pytest.approx(4 * n_matmul + 6 * 41_943_040 + 6 * 4096 * 4096 * 32, rel=1e-6)
-    assert p.tokens_per_second == pytest.approx(989e12 * 0.4 / p.flops_per_token, rel=1e-6)
+    assert p.assumptions.mfu == json.loads(P.MFU_FILE.read_text())["assumed"]["lora"]  # no measurement for h100 yet
+    assert p.tokens_per_second == pytest.approx(989e12 * p.assumptions.mfu / p.flops_per_token, rel=1e-6)
+    assert p.attention == "varlen_packed"  # packed rows on a GPU: attention per sample, the causal half skipped
 
 
 def test_nearest_fit_when_the_recipe_does_not_fit():
@@ -561,3 +571,53 @@ def test_launch_run_takes_the_planners_recommendation():
         hw = P.Hardware(gpus_per_node=gpus, gpu_mem_gib=gib)
         plan = P.make_plan(shape, cfg, hw)
         assert choose(cfg, gpus, gib, shape)[0] == P.strategy_label(plan.recommended.estimate.strategy, hw)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What really runs: the attention, the MFU per method, how QLoRA and FSDP load
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_speed_line_uses_the_attention_the_run_uses_and_the_mfu_per_method(tmp_path, monkeypatch):
+    shape = S.read_shape("llama3-8b")
+    packed = P.make_plan(shape, make_cfg(method="lora", seq=4096), P.hardware("h100"), global_batch=16)
+    assert packed.attention == "varlen_packed" and "varlen_attn" in P.render(packed)
+    eager = P.make_plan(shape, make_cfg(method="lora", seq=4096, attn="eager"), P.hardware("h100"), global_batch=16)
+    assert eager.attention == "eager" and "attention: eager" in P.render(eager)
+    cfg, a = make_cfg(method="lora", seq=4096), P.Assumptions(mfu=0.3)
+    causal = 6 * 4096 * shape.q_dim * shape.layers  # per token, a causal kernel, forward + backward
+    assert P.flops_per_token(shape, cfg, False, a, "eager") - P.flops_per_token(shape, cfg, False, a, "varlen_packed") \
+        == pytest.approx(causal, rel=1e-9)  # a masked whole-row attention does not skip the causal half
+    # per method, from configs/mfu.json: assumed until scripts/gpu_check.sh measured the GPU
+    table = json.loads(P.MFU_FILE.read_text())
+    for method in ("full", "lora", "qlora"):
+        mfu, source = P.model_flop_utilisation(method, "h100")
+        assert mfu == table["assumed"][method] and source.startswith("assumed")
+    assert table["assumed"]["lora"] < 0.40  # HF Trainer + PEFT in eager bf16 rarely reaches 40%
+    measured = {**table, "measured": {"h100": {"lora": {"mfu": 0.33, "date": "2026-12-07"}}}}
+    (tmp_path / "mfu.json").write_text(json.dumps(measured))
+    monkeypatch.setattr(P, "MFU_FILE", tmp_path / "mfu.json")
+    plan = P.make_plan(shape, make_cfg(method="lora", seq=4096), P.hardware("h100"), global_batch=16)
+    assert plan.assumptions.mfu == 0.33 and "measured on h100" in P.render(plan)
+    assert P.make_plan(shape, make_cfg(method="lora", seq=4096), P.hardware("a100"), global_batch=16) \
+        .assumptions.mfu == table["assumed"]["lora"]  # measured on another GPU: not this one's
+    given = P.make_plan(shape, make_cfg(method="lora", seq=4096), P.hardware("h100"), P.Assumptions(mfu=0.5), 16)
+    assert given.assumptions.mfu == 0.5
+
+
+def test_qlora_under_fsdp_counts_the_whole_4bit_base_at_load_and_fsdp_the_cpu_ram_per_node():
+    """As under ZeRO-3, transformers quantises the whole base onto every GPU before FSDP shards it; and every rank
+    reads the whole model into CPU RAM (fsdp_cpu_ram_efficient_loading did not prevent it in a 2-rank trial)."""
+    shape = S.read_shape("llama3-70b")
+    cfg = make_cfg(method="qlora", seq=2048)
+    hw = P.hardware("h100", gpus_per_node=8)
+    for strategy in ("zero3", "fsdp"):
+        e = P.estimate(shape, cfg, hw, strategy, 1, True)
+        loading = e.parts["loading: whole 4-bit base"]
+        counts = shape.parameters()
+        assert loading / P.GIB == pytest.approx((counts.linear * 0.516 + counts.non_quantized * 2) / P.GIB, rel=0.01)
+        assert e.peak >= loading
+    plan = P.make_plan(shape, cfg, hw, global_batch=8)
+    text = P.render(plan)
+    assert "QLoRA under ZeRO-3 and FSDP" in text and "CPU RAM" in text
+    assert f"{8 * shape.parameters().total * 2 / P.GIB:.1f} GiB of CPU RAM per node" in " ".join(text.split())

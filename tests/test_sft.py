@@ -43,6 +43,8 @@ def losses(out_dir) -> list[float]:
 def test_one_process_cli_run_writes_everything(recipe, tmp_path):
     res = run_cli([sys.executable, "train/sft.py", "--config", str(recipe), "train.max_steps=6", "train.save_steps=3"])
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "allocator: THP_MEM_ALLOC_ENABLE=1" in res.stdout  # a CPU run: huge pages, never the CUDA setting
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in res.stdout and "CUDA_VISIBLE_DEVICES" not in res.stdout
     out = tmp_path / "out"
     for name in ["adapter_model.safetensors", "adapter_config.json", "run_config.yaml", "metrics.jsonl",
                  "loss_curve.png", "README.md", "data_report.json", "data_report.md", "train_results.json",

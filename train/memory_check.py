@@ -51,9 +51,10 @@ def this_machine(env) -> Hardware:
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(int(env.get("LOCAL_RANK", 0)))
-        known = next((g for g in GPUS.values() if g.name.split()[0] in props.name), None)
+        key = next((k for k, g in GPUS.items() if g.name.split()[0] in props.name), "")
+        known = GPUS.get(key)
         return Hardware(nodes=nodes, gpus_per_node=local, gpu_mem_gib=props.total_memory / GIB, gpu=props.name,
-                        tflops=known.bf16_tflops if known else GPUS["h100"].bf16_tflops, device="cuda")
+                        tflops=known.bf16_tflops if known else GPUS["h100"].bf16_tflops, device="cuda", key=key)
     import psutil
 
     return Hardware(nodes=nodes, gpus_per_node=local, gpu_mem_gib=psutil.virtual_memory().total / GIB / local,

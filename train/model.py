@@ -5,7 +5,6 @@ Weights load from safetensors only. `trust_remote_code` stays off unless the rec
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from train.config import Config, resolved_quant_storage
+from train.instance_forward import bind_forward
 from train.recompute import recompute_activations
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -123,7 +123,7 @@ def lean_lora_layers(model: torch.nn.Module) -> int:
     changed = 0
     for module in model.modules():
         if type(module) is LoraLinear and type(module.base_layer) is torch.nn.Linear and "forward" not in vars(module):
-            module.forward = types.MethodType(lean_lora_forward, module)
+            bind_forward(module, lean_lora_forward)
             changed += 1
     return changed
 
@@ -145,12 +145,13 @@ def load_model(cfg: Config, tokenizer) -> PreTrainedModel:
 
 
 def select_attention(model: PreTrainedModel, cfg: Config) -> str:
-    """Packed rows with SDPA on a CPU train with attention per sample block (train/packed_attention.py); every
-    other case keeps `model.attn_implementation`. Returns the implementation in use."""
+    """Packed rows with SDPA train with attention per sample (train/attention.py: per-sample SDPA on a CPU; on a GPU
+    FlashAttention when installed, else PyTorch's varlen kernel); every other case keeps `model.attn_implementation`.
+    Returns the implementation in use."""
     from train.packed_attention import choose_attention
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    chosen = choose_attention(cfg.model.attn_implementation, cfg.data.packing, device, model.config)
+    chosen = choose_attention(cfg.model.attn_implementation, cfg.data.packing, device, model.config, cfg.model.dtype)
     if chosen != model.config._attn_implementation:
         model.set_attn_implementation(chosen)
     return model.config._attn_implementation

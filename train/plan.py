@@ -44,6 +44,7 @@ from train.model_shape import ModelShape, PlanError, lora_parameters, lora_targe
 
 REPO = Path(__file__).resolve().parent.parent
 DEEPSPEED_DIR = REPO / "configs" / "deepspeed"
+MFU_FILE = REPO / "configs" / "mfu.json"  # MFU per method: assumed, or measured by scripts/gpu_check.sh per GPU
 GIB = 1024 ** 3
 MIB = 1024 ** 2
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -86,6 +87,7 @@ class Hardware:
     gpu: str = "custom"
     tflops: float = 989.0
     device: str = "cuda"
+    key: str = ""  # the GPUS key ("h100", ...) when the card is a known one: measured MFU is looked up by it
 
     @property
     def world(self) -> int:
@@ -104,14 +106,25 @@ def hardware(gpu: Optional[str] = None, nodes: int = 1, gpus_per_node: int = 1, 
     mem = gpu_mem_gib or (known.memory_gib if known else GPUS["h100"].memory_gib)
     peak = tflops or (known.bf16_tflops if known else GPUS["h100"].bf16_tflops)
     name = known.name if known else ("custom" if (gpu_mem_gib or tflops) else GPUS["h100"].name)
-    return Hardware(nodes=nodes, gpus_per_node=gpus_per_node, gpu_mem_gib=mem, gpu=name, tflops=peak)
+    key = (gpu or "").lower().replace(" ", "") if known else ("" if (gpu_mem_gib or tflops) else "h100")
+    return Hardware(nodes=nodes, gpus_per_node=gpus_per_node, gpu_mem_gib=mem, gpu=name, tflops=peak, key=key)
+
+
+def model_flop_utilisation(method: str, gpu_key: str = "") -> Tuple[float, str]:
+    """(MFU, where it comes from) for a method on a GPU, from configs/mfu.json: the value scripts/gpu_check.sh measured
+    on that GPU when there is one, else the file's assumption for the method."""
+    table = json.loads(MFU_FILE.read_text(encoding="utf-8"))
+    measured = (table.get("measured") or {}).get(gpu_key, {}).get(method)
+    if measured:
+        return float(measured["mfu"]), f"measured on {gpu_key} by scripts/gpu_check.sh, {measured.get('date', '?')}"
+    return float(table["assumed"][method]), "assumed (configs/mfu.json; scripts/gpu_check.sh measures it)"
 
 
 @dataclass(frozen=True)
 class Assumptions:
     """Everything the estimate assumes that is not in the recipe; printed with every plan."""
 
-    mfu: float = 0.40  # model FLOP utilisation of the dense bf16 peak
+    mfu: Optional[float] = None  # model FLOP utilisation of the dense bf16 peak; None: per method, configs/mfu.json
     cuda_context_gib: float = 1.0  # CUDA context, cuBLAS/cuDNN workspaces, NCCL buffers, per GPU
     fragmentation: float = 0.10  # caching allocator: reserved minus allocated, as a share of the tensor peak
     cpu_overhead_mib: float = 60.0  # CPU: Trainer, accelerate, tokenizer and data loader objects (measured, tests)
@@ -123,17 +136,18 @@ class Assumptions:
 
     def lines(self) -> List[str]:
         return [
-            f"utilisation {self.mfu:.0%} of the dense bf16 peak (MFU); FLOPs per token: 6N full, 4N LoRA/QLoRA "
+            f"utilisation {self.mfu or 0:.0%} of the dense bf16 peak (MFU); FLOPs per token: 6N full, 4N LoRA/QLoRA "
             f"(frozen base: no weight gradients) + 2N with gradient checkpointing, N = parameters in matrix "
-            f"multiplications, plus causal attention 6 x seq x heads x head_dim x layers (8 with checkpointing); "
+            f"multiplications, plus attention 6 x seq x heads x head_dim x layers (8 with checkpointing; twice that "
+            f"for a masked attention over whole rows, which cannot skip the causal half); "
             f"communication, offload and dequantisation time are not modelled",
             f"per GPU: {self.cuda_context_gib:g} GiB for the CUDA context and library workspaces, plus "
             f"{self.fragmentation:.0%} of the tensor peak for allocator fragmentation; CPU runs: "
             f"{self.cpu_overhead_mib:g} MiB of framework objects",
             f"{self.label_fraction:.0%} of the tokens carry a label (logits are computed only there): the loss peak "
             f"is 12 bytes x vocabulary x label tokens",
-            "sequences are full rows of data.max_length (packing); attention is FlashAttention/SDPA memory-efficient "
-            "(no seq x seq matrix) unless attn_implementation=eager",
+            "sequences are full rows of data.max_length (packing); attention is the one the run uses (train/attention.py: "
+            "per sample for packed rows, no seq x seq matrix, unless attn_implementation=eager)",
             "AdamW states in the parameter dtype (plain PyTorch), in fp32 with fp32 master weights under DeepSpeed and "
             "FSDP; LoRA adapters in fp32 (peft), in the model dtype under DeepSpeed",
         ]
@@ -173,14 +187,23 @@ def precision(cfg, hw: Hardware, strategy: str, a: Assumptions) -> Precision:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def native_gqa(cfg, micro_batch: int) -> bool:
-    """Key/value heads stay unexpanded: FlashAttention always; SDPA only without an attention mask (transformers'
-    use_gqa_in_sdpa), and SFT batches carry one (packing: per-sample block mask; padding) unless one unpacked row.
-    Packed rows on a CPU (train/packed_attention.py) keep them unexpanded too; counted expanded here, an upper bound."""
-    attn = cfg.model.attn_implementation
-    if "flash" in attn:
+def planned_attention(cfg, device: str) -> str:
+    """The attention implementation a run of this recipe uses on `device` (train/attention.py decides for the run
+    too). Where flash_attn would be installed, "flash_attention_2" runs instead of "varlen_packed": the same memory."""
+    from train.attention import choose_attention
+
+    return choose_attention(cfg.model.attn_implementation, cfg.data.packing, device, True, cfg.model.dtype,
+                            flash_installed=False)
+
+
+def native_gqa(cfg, micro_batch: int, attention: str) -> bool:
+    """Key/value heads stay unexpanded: the per-sample attentions for packed rows and FlashAttention always; SDPA
+    only without an attention mask (transformers' use_gqa_in_sdpa), i.e. one unpacked row per micro-batch."""
+    from train.attention import per_sample
+
+    if per_sample(attention):
         return True
-    return attn == "sdpa" and not cfg.data.packing and micro_batch == 1
+    return attention == "sdpa" and not cfg.data.packing and micro_batch == 1
 
 
 def lora_input_bytes(p: Precision, in_bytes: int, dropout: float) -> Optional[int]:
@@ -195,17 +218,21 @@ def lora_input_bytes(p: Precision, in_bytes: int, dropout: float) -> Optional[in
 
 
 def layer_activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: int,
-                           recompute: bool = False) -> Dict[str, float]:
+                           recompute: bool = False, attention: Optional[str] = None) -> Dict[str, float]:
     """Per token, one decoder layer: what autograd saves, by part (tests/test_plan.py checks it against the tensors
     saved_tensors_hooks sees in transformers' Llama and Qwen3 layers). recompute: with train/recompute.py's gated MLP
     and RMSNorm outputs (the trainer's forward without gradient checkpointing): act(gate) is not kept, nor the
-    product read by down_proj or an fp32 norm's output where a linear layer keeps that very tensor."""
+    product read by down_proj or an fp32 norm's output where a linear layer keeps that very tensor. `attention`: the
+    implementation that runs (default: `planned_attention` on the precision's device)."""
+    from train.attention import PACKED_SDPA
+
+    attention = attention or planned_attention(cfg, "cuda" if p.cuda else "cpu")
     h, q, kv, inter, heads = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate, shape.heads
     seq = cfg.data.max_length
     full = cfg.method == "full"
     names = shape.module_names
     targets = set() if full else set(lora_targets(shape, cfg.lora.target_modules))
-    eager = cfg.model.attn_implementation == "eager"
+    eager = attention == "eager"
     out: Dict[str, float] = {}
 
     # RMSNorm: its fp32 input (for the variance) and 1/rms; with a trainable weight also the normalised input
@@ -218,13 +245,17 @@ def layer_activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: in
     if eager:
         out["attention"] = p.act * 3 * q + heads * seq * (4 + p.act)
     else:
-        gqa = native_gqa(cfg, micro_batch)  # else keys/values expanded to all heads, and the mask kept as floats
+        gqa = native_gqa(cfg, micro_batch, attention)  # else keys/values expanded to all heads, the mask as floats
         out["attention"] = p.act * (2 * q + 2 * (kv if gqa else q)) + 4 * heads + (0 if gqa else seq * p.act)
 
     # inputs of the linear layers, kept for their weights' gradients (shared by layers that read the same tensor);
     # recomputed: the input is a registered tensor (an fp32 norm's output, the MLP's product), not kept when kept as is
     norm_recomputed = recompute and p.residual == 4  # the norm hook registers outputs of fp32 inputs only
-    groups = [(("q", "k", "v"), h, p.norm_out, False, norm_recomputed), (("o",), q, p.act, not eager, False),
+    # o_proj reads the attention's output, which the kernel keeps anyway; per-sample SDPA concatenates its blocks'
+    # outputs into a new tensor, which is registered for recomputation (train/packed_attention.py)
+    o_shared = not eager and attention != PACKED_SDPA
+    o_recomputed = attention == PACKED_SDPA and recompute
+    groups = [(("q", "k", "v"), h, p.norm_out, False, norm_recomputed), (("o",), q, p.act, o_shared, o_recomputed),
               (("gate", "up"), h, p.norm_out, False, norm_recomputed), (("down",), inter, p.act, False, recompute)]
     inputs = 0.0
     lora_inner = 0.0
@@ -251,10 +282,11 @@ def layer_activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: in
 
 
 def activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: int, checkpointing: bool,
-                     a: Assumptions) -> Dict[str, float]:
+                     a: Assumptions, attention: Optional[str] = None) -> Dict[str, float]:
     """Saved activations of one micro-batch and the peak around the loss, in bytes: {'layers', 'other', 'loss'}."""
     tokens = micro_batch * cfg.data.max_length
-    per_layer = sum(layer_activation_bytes(shape, cfg, p, micro_batch, recompute=not checkpointing).values())
+    per_layer = sum(layer_activation_bytes(shape, cfg, p, micro_batch, recompute=not checkpointing,
+                                           attention=attention).values())
     if checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
         layers = shape.layers * shape.hidden * p.residual * tokens + per_layer * tokens
     else:
@@ -442,10 +474,11 @@ def estimate(shape: ModelShape, cfg, hw: Hardware, strategy: str, micro_batch: i
     if cfg.method == "qlora":  # the largest 4-bit weight, dequantised for its matmul
         buffers += max(shape.intermediate, shape.q_dim) * shape.hidden * p.act
 
-    act = activation_bytes(shape, cfg, p, micro_batch, checkpointing, a)
+    attention = planned_attention(cfg, hw.device)
+    act = activation_bytes(shape, cfg, p, micro_batch, checkpointing, a, attention)
     activations = act["layers"] + act["other"] + act["loss"]
-    one_layer = sum(layer_activation_bytes(shape, cfg, p, micro_batch, recompute=not checkpointing).values()) \
-        * micro_batch * cfg.data.max_length
+    one_layer = sum(layer_activation_bytes(shape, cfg, p, micro_batch, recompute=not checkpointing,
+                                           attention=attention).values()) * micro_batch * cfg.data.max_length
     parts: Dict[str, float] = {
         "weights" if full else ("base weights (4-bit)" if quantised else "base weights"): weights,
         "LoRA adapters": adapters,
@@ -465,8 +498,8 @@ def estimate(shape: ModelShape, cfg, hw: Hardware, strategy: str, micro_batch: i
     else:  # backward frees the activations as it fills the gradients
         forward_backward = max(activations, grads + one_layer)
     peak = static + max(forward_backward, grads + step_temp)
-    if cfg.method == "qlora" and strategy == "zero3":  # transformers quantises the whole base onto every GPU first;
-        loading = quantised + counts.non_quantized * p.weight  # DeepSpeed partitions it when training starts
+    if cfg.method == "qlora" and strategy in ("zero3", "fsdp"):  # transformers quantises the whole base onto every
+        loading = quantised + counts.non_quantized * p.weight  # GPU first; DeepSpeed / FSDP shard it afterwards
         parts["loading: whole 4-bit base"] = loading
         peak = max(peak, loading)
     if hw.device == "cuda":
@@ -486,14 +519,19 @@ def estimate(shape: ModelShape, cfg, hw: Hardware, strategy: str, micro_batch: i
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def flops_per_token(shape: ModelShape, cfg, checkpointing: bool, a: Assumptions = Assumptions()) -> float:
+def flops_per_token(shape: ModelShape, cfg, checkpointing: bool, a: Assumptions = Assumptions(),
+                    attention: str = "varlen_packed") -> float:
     """Training FLOPs per token: matmul parameters N (decoder linears + output layer at label positions) x 6 for
     full fine-tuning, x 4 for a frozen base (no weight gradients) + 6 x LoRA parameters; +2N when checkpointing
     recomputes the forward. Causal attention: 2 x seq x q_dim per layer forward, x3 for training, x4 with
-    checkpointing."""
+    checkpointing; twice that for an `attention` that computes whole rows under a mask (eager, or SDPA with a mask),
+    which does not skip the causal half."""
+    from train.attention import per_sample
+
     counts = shape.parameters()
     n = counts.linear + a.label_fraction * shape.vocab * shape.hidden
-    attention = 2 * cfg.data.max_length * shape.q_dim * shape.layers
+    causal_kernel = per_sample(attention) or (attention == "sdpa" and not cfg.data.packing)
+    attention = (2 if causal_kernel else 4) * cfg.data.max_length * shape.q_dim * shape.layers
     if cfg.method == "full":
         matmul = 6 * n
     else:
@@ -540,6 +578,9 @@ class Plan:
     tokens_per_second: float = 0.0
     flops_per_token: float = 0.0
     notes: List[str] = field(default_factory=list)
+    mfu_source: str = ""  # where the MFU of the speed line comes from (configs/mfu.json: assumed or measured)
+    attention: str = ""  # the attention implementation the run uses (train/attention.py)
+    dtype: str = "bfloat16"  # model.dtype
 
 
 def _divisors(n: int, cap: int = 64) -> List[int]:
@@ -618,6 +659,11 @@ def make_plan(shape: ModelShape, cfg, hw: Hardware, a: Assumptions = Assumptions
     """The whole plan: the breakdown for every strategy at the shown micro-batch, the recommendation, the recipe's own
     setting (when `requested_strategy` is given) and, if it does not fit, the nearest setting that does."""
     n = hw.world
+    if a.mfu is None:
+        mfu, mfu_source = model_flop_utilisation(cfg.method, hw.key)
+        a = replace(a, mfu=mfu)
+    else:
+        mfu_source = "given (--mfu)"
     if global_batch is None:
         global_batch = cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps * n
     if global_batch % n:
@@ -630,7 +676,8 @@ def make_plan(shape: ModelShape, cfg, hw: Hardware, a: Assumptions = Assumptions
                  estimate(shape, cfg, hw, s, shown, True, max(1, per_gpu // shown), a)) for s in STRATEGIES}
     plan = Plan(shape=shape, method=cfg.method, hardware=hw, assumptions=a, seq_len=cfg.data.max_length,
                 global_batch=global_batch, trainable=trainable_parameters(shape, cfg), table=table,
-                shown_micro_batch=shown, recommended=recommended)
+                shown_micro_batch=shown, recommended=recommended, mfu_source=mfu_source,
+                attention=planned_attention(cfg, hw.device), dtype=cfg.model.dtype)
     if requested_strategy is not None:
         b = micro_batch or cfg.train.per_device_batch_size
         e = estimate(shape, cfg, hw, requested_strategy, b, cfg.train.gradient_checkpointing, max(1, per_gpu // b), a)
@@ -643,13 +690,19 @@ def make_plan(shape: ModelShape, cfg, hw: Hardware, a: Assumptions = Assumptions
     chosen = recommended or plan.requested
     if chosen is not None and hw.device == "cuda":
         ckpt = chosen.estimate.checkpointing
-        plan.flops_per_token = flops_per_token(shape, cfg, ckpt, a)
+        plan.flops_per_token = flops_per_token(shape, cfg, ckpt, a, plan.attention)
         tokens = global_batch * cfg.data.max_length
         plan.step_seconds = plan.flops_per_token * tokens / (n * hw.tflops * 1e12 * a.mfu)
         plan.tokens_per_second = tokens / plan.step_seconds
     if cfg.method == "qlora":
-        plan.notes.append("QLoRA under ZeRO-3 loads the whole 4-bit base on every GPU before DeepSpeed partitions it "
-                          "(counted); FSDP is assumed to load it sharded (fsdp_cpu_ram_efficient_loading)")
+        plan.notes.append("QLoRA under ZeRO-3 and FSDP loads the whole 4-bit base on every GPU before it is sharded "
+                          "(counted as 'loading: whole 4-bit base')")
+    if hw.device == "cuda" and hw.gpus_per_node > 1:
+        loaded = (shape.exact_parameters or shape.parameters().total) * DTYPE_BYTES[cfg.model.dtype]
+        plan.notes.append(f"FSDP: every rank of a node reads the whole model into CPU RAM before it is sharded "
+                          f"(transformers 5.25 loads the weights on every rank even with "
+                          f"fsdp_cpu_ram_efficient_loading): {format_gib(hw.gpus_per_node * loaded)} GiB of CPU RAM "
+                          f"per node at load")
     return plan
 
 
@@ -725,9 +778,13 @@ def render(plan: Plan) -> str:
         lines.append(f"nothing fits on any number of {hw.gpu_mem_gib:.1f} GiB {unit}s: what each one holds whatever "
                      f"the sharding (activations, gathered weights) is too much; use larger ones or shorter sequences")
     if plan.step_seconds:
+        from train.attention import describe
+
         lines.append(f"speed        {plan.flops_per_token / 1e9:.1f} GFLOP per token -> {plan.step_seconds:.2f} s per "
                      f"optimizer step, {plan.tokens_per_second:,.0f} tokens/s ({hw.world} x {hw.tflops:g} TFLOP/s at "
                      f"{plan.assumptions.mfu:.0%} MFU)")
+        lines.extend(textwrap.wrap(f"MFU {plan.mfu_source}; attention: {describe(plan.attention, hw.device, plan.dtype)}",
+                                   116, initial_indent=" " * 13, subsequent_indent=" " * 13))
     for note in plan.notes:
         lines.extend(textwrap.wrap(note, 116, initial_indent="note         ", subsequent_indent=" " * 13))
     lines.append("")
@@ -768,5 +825,6 @@ def to_json(plan: Plan) -> dict:
         "recommended": choice(plan.recommended), "requested": choice(plan.requested),
         "nearest": None if plan.nearest is None else {"change": plan.nearest[0], **choice(plan.nearest[1])},
         "min_gpus": plan.min_gpus, "flops_per_token": plan.flops_per_token, "step_seconds": plan.step_seconds,
-        "tokens_per_second": plan.tokens_per_second, "notes": plan.notes,
+        "tokens_per_second": plan.tokens_per_second, "notes": plan.notes, "mfu": plan.assumptions.mfu,
+        "mfu_source": plan.mfu_source, "attention": plan.attention,
     }

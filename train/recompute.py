@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import types
 import weakref
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
+
+from train.instance_forward import bind_forward, has_own_forward
 
 GATED_FORWARD = "defforward(self,x):down_proj=self.down_proj(self.act_fn(self.gate_proj(x))*self.up_proj(x))returndown_proj"
 
@@ -155,11 +156,10 @@ def recompute_activations(model: torch.nn.Module) -> Dict[str, int]:
     each changed."""
     changed = {"gated_mlp": 0, "rms_norm": 0}
     for module in model.modules():
-        own = getattr(vars(module).get("forward"), "__func__", None)
-        if "forward" in vars(module) and own is not type(module).forward:  # ours already, or another wrapper's
-            continue  # (transformers binds some classes' own forward to their instances: those are plain)
+        if has_own_forward(module):  # ours already, or another wrapper's (transformers binds some classes' own
+            continue  # forward to their instances: those are plain)
         if _is_gated_mlp(module):
-            module.forward = types.MethodType(gated_mlp_forward, module)
+            bind_forward(module, gated_mlp_forward)
             changed["gated_mlp"] += 1
         elif type(module).__name__.endswith("RMSNorm") and not hasattr(module, "_recompute_hook"):
             module._recompute_hook = module.register_forward_hook(register_norm_output)

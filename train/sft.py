@@ -19,10 +19,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `train` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# CPU tensors of 2 MiB and more on transparent huge pages (PyTorch reads THP_MEM_ALLOC_ENABLE once, at its first CPU
-# allocation: set here, before anything allocates). Measured on a 2-core CPU (BENCHMARKS.md, issue 9), SmolLM2-135M with
-# LoRA: 2,330 MiB peak instead of 2,967, and no slower. GPU memory is not affected. THP_MEM_ALLOC_ENABLE=0 opts out.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# Allocator defaults for this machine's device, before torch is imported (PyTorch reads them at its first
+# allocation): transparent huge pages for CPU tensors (THP_MEM_ALLOC_ENABLE=1, measured in BENCHMARKS.md, issue 9), or
+# expandable CUDA segments on a GPU (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True). A value the user set wins.
+from train.device import pin_one_process_gpu, set_allocator_defaults  # noqa: E402 (torch-free)
+
+ALLOCATOR = set_allocator_defaults()
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3  # the loss became NaN/inf; the last good checkpoint is kept
@@ -66,6 +68,9 @@ def setup_tracking(cfg, is_main: bool) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    pinned = pin_one_process_gpu()  # one process, one GPU: never nn.DataParallel over every GPU of the node
+    if pinned is not None:
+        print(f"one process: CUDA_VISIBLE_DEVICES={pinned} (the local rank's GPU)", flush=True)
     # 1. Config: recipe + overrides, validated before anything heavy is imported or loaded.
     from train.config import load_config
 
@@ -90,18 +95,27 @@ def train_sft(cfg, command=None, callbacks=()):
         save_config(cfg, out / "run_config.yaml")
     print(f"[rank {rank}/{world_size} local {local_rank}] method={cfg.method} model={cfg.model.name_or_path} "
           f"output_dir={out}", flush=True)
+    print(f"[rank {rank}] {ALLOCATOR}", flush=True)
 
+    import torch
     import transformers
+
+    from train.attention import check_available, needs_varlen_kwargs
+    from train.config import ConfigError
 
     from train.data.packing import Collator
     from train.data.prepare import load_or_build, write_reports
     from train.data.templates import setup_tokenizer
     from train.model import count_parameters, load_model, load_tokenizer, local_parameter_count
+    from train.packed_attention import kernel_description
     from train.memory_check import check_memory
     from train.trainer import (MetricsFileCallback, SFTTrainer, StopRequest, discard_incomplete_checkpoints,
                                resume_checkpoint, training_arguments)
 
     transformers.set_seed(cfg.train.seed)
+    problem = check_available(cfg.model.attn_implementation, torch.cuda.is_available())
+    if problem:  # before any data is prepared or weight loaded
+        raise ConfigError(problem)
 
     # 2. Data: tokenizer + template, then the prepared (cached) dataset. Rank 0 builds it; the others wait on files.
     tokenizer = load_tokenizer(cfg)
@@ -130,9 +144,10 @@ def train_sft(cfg, command=None, callbacks=()):
     model = load_model(cfg, tokenizer)
     trainable, total = count_parameters(model)
     held = local_parameter_count(model)
+    attention = kernel_description(model.config._attn_implementation, args_tr.device.type, cfg.model.dtype)
     print(f"[rank {rank}] parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%); "
           f"this rank holds {held:,} ({100 * held / max(total, 1):.1f}%); "
-          f"attention {model.config._attn_implementation}", flush=True)
+          f"attention {model.config._attn_implementation}: {attention}", flush=True)
 
     # 4. Trainer: the HF loop with our collator (packed rows, position_ids restart per sample) and token accounting.
     trainer = SFTTrainer(
@@ -141,7 +156,7 @@ def train_sft(cfg, command=None, callbacks=()):
         train_dataset=data.train,
         eval_dataset=data.eval if cfg.train.eval_steps else None,
         data_collator=Collator(pad_token_id=tokenizer.pad_token_id, packing=cfg.data.packing,
-                               flash_varlen_kwargs=cfg.model.attn_implementation.startswith("flash")),
+                               flash_varlen_kwargs=needs_varlen_kwargs(model.config._attn_implementation)),
         processing_class=tokenizer,
         callbacks=[MetricsFileCallback(cfg.output_dir), *early_stopping(cfg), *callbacks],
         pad_token_id=tokenizer.pad_token_id,

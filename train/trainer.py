@@ -135,6 +135,11 @@ class SFTTrainer(Trainer):
 
     def __init__(self, *args, pad_token_id: int, data_stats: Optional[Dict[str, float]] = None,
                  keep_checkpoints: Optional[int] = None, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if training_args is not None and training_args.n_gpu > 1:
+            # One process drives one GPU. transformers counts every visible GPU for a lone process and would wrap the
+            # model in nn.DataParallel (and multiply the batch); transformers itself does this for model parallelism.
+            training_args._n_gpu = 1
         super().__init__(*args, **kwargs)
         self.pad_token_id = pad_token_id
         self.data_stats = data_stats or {}  # e.g. packing_efficiency of the prepared rows, logged with every loss
@@ -304,22 +309,40 @@ class _returns_its_input:
 
 class LinearCrossEntropy(torch.autograd.Function):
     """cross_entropy(hidden @ weight.T + bias, targets, reduction="sum") without the (N, vocab) logits: the forward
-    computes the logits ROWS rows at a time and, as the loss is a plain sum, their gradients at once (softmax - one-hot,
-    into the hidden states and the output layer's weight and bias); the backward scales them by the incoming gradient.
-    Same value and gradients as the plain computation (tests/test_trainer.py), and no more arithmetic."""
+    computes the logits a chunk of rows at a time and, as the loss is a plain sum, their gradients at once (softmax -
+    one-hot, into the hidden states and the output layer's bias, and for an fp32 weight into an fp32 weight gradient);
+    the backward scales them by the incoming gradient. Same value and gradients as the plain computation
+    (tests/test_trainer.py), and no more arithmetic.
 
-    ROWS = 128  # rows of logits per chunk
+    A 16-bit output layer that trains (full fine-tuning on a GPU) gets its weight gradient in the backward instead, one
+    slice of the vocabulary at a time: the slice's logits are recomputed from the kept hidden states and log-sum-exps,
+    and its gradient is one product over all label rows in the compute dtype (tensor cores, fp32 accumulation inside
+    the product, rounded once), written straight into a weight-dtype gradient. Summing per-chunk products into an fp32
+    weight-sized buffer instead would cost 2.1 GB for the Llama-3 vocabulary and an fp32 GEMM per chunk. The price is
+    one more product of the output layer's size (about 2% of an 8B model's step)."""
+
+    ROWS = 128  # rows of logits per chunk (CPU, and the floor on a GPU)
+    CHUNK_BYTES = 256 * 1024 ** 2  # on a GPU: rows (forward) / vocabulary columns (backward) per chunk up to this
+
+    @staticmethod
+    def rows_per_chunk(device: torch.device, vocab: int) -> int:
+        if device.type == "cpu":
+            return LinearCrossEntropy.ROWS
+        return max(LinearCrossEntropy.ROWS, LinearCrossEntropy.CHUNK_BYTES // (4 * vocab) // 128 * 128)
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets):
+        weight_in_backward = weight.requires_grad and weight.dtype in (torch.bfloat16, torch.float16)
         weight_grad = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if weight.requires_grad else None
+            if weight.requires_grad and not weight_in_backward else None
         bias_grad = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
             if bias is not None and bias.requires_grad else None
         hidden_grad = torch.empty_like(hidden)
+        lse = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device) if weight_in_backward else None
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], LinearCrossEntropy.ROWS):
-            rows = slice(start, start + LinearCrossEntropy.ROWS)
+        step = LinearCrossEntropy.rows_per_chunk(hidden.device, weight.shape[0])
+        for start in range(0, hidden.shape[0], step):
+            rows = slice(start, start + step)
             h, t = hidden[rows], targets[rows]
             logits = torch.nn.functional.linear(h, weight, bias).float()
             # log-sum-exp and softmax in place (torch.logsumexp would allocate a second chunk-sized tensor)
@@ -327,6 +350,8 @@ class LinearCrossEntropy(torch.autograd.Function):
             picked = logits.gather(1, t[:, None])
             total = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)
             loss += (total.log() - (picked - top)).sum()
+            if lse is not None:
+                lse[rows] = (top + total.log()).squeeze(1)
             grad = logits.div_(total)  # softmax
             grad[torch.arange(len(t), device=t.device), t] -= 1
             hidden_grad[rows] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
@@ -339,6 +364,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         # to the weight's gradient and the parameter adopts it (a saved tensor would make it copy a weight-sized one).
         ctx.grads = (hidden_grad, weight_grad, bias_grad)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.weight_in_backward = weight_in_backward
+        if weight_in_backward:
+            ctx.save_for_backward(hidden, weight, bias, targets, lse)
         return loss
 
     @staticmethod
@@ -346,9 +374,31 @@ class LinearCrossEntropy(torch.autograd.Function):
         hidden_grad, weight_grad, bias_grad = ctx.grads  # scaled in place: no second weight-sized tensor
         del ctx.grads
         weight_dtype, bias_dtype = ctx.dtypes
-        return (hidden_grad.mul_(grad.to(hidden_grad.dtype)),
-                None if weight_grad is None else weight_grad.mul_(grad).to(weight_dtype),
+        if ctx.weight_in_backward:
+            weight_grad = LinearCrossEntropy.weight_gradient(*ctx.saved_tensors, grad)
+        else:
+            weight_grad = None if weight_grad is None else weight_grad.mul_(grad).to(weight_dtype)
+        return (hidden_grad.mul_(grad.to(hidden_grad.dtype)), weight_grad,
                 None if bias_grad is None else bias_grad.mul_(grad).to(bias_dtype), None)
+
+    @staticmethod
+    def weight_gradient(hidden, weight, bias, targets, lse, grad) -> torch.Tensor:
+        """d loss / d weight, a vocabulary slice at a time: softmax - one-hot of the slice's recomputed logits, times
+        the incoming gradient, then one (slice, N) x (N, hidden) product in the weight's dtype."""
+        h = hidden.to(weight.dtype)
+        out = torch.empty_like(weight)
+        vocab, n = weight.shape[0], hidden.shape[0]
+        step = vocab if n == 0 else max(128, min(vocab, LinearCrossEntropy.CHUNK_BYTES // (4 * n) // 128 * 128))
+        rows = torch.arange(n, device=hidden.device)
+        for start in range(0, vocab, step):
+            stop = min(start + step, vocab)
+            logits = torch.nn.functional.linear(h, weight[start:stop], None if bias is None else bias[start:stop])
+            g = logits.float().sub_(lse[:, None]).exp_()
+            inside = (targets >= start) & (targets < stop)
+            g[rows[inside], targets[inside] - start] -= 1
+            torch.mm(g.mul_(grad).to(weight.dtype).t(), h, out=out[start:stop])
+            del logits, g
+        return out
 
 
 class SummedCrossEntropy(torch.autograd.Function):
