@@ -11,7 +11,7 @@ What runs (each measurement in its own process; full fine-tuning through `accele
 configs/accelerate/zero3_offload.yaml on one process, as a user runs it):
 - Models: the architecture of configs/models/<name>.json (the public config.json shape) with random weights, written
   once as bf16 safetensors with the model's tokenizer asset (launch/assets.py), so nothing comes from a hub. `tiny` is
-  the test suite's 2-layer Llama (tests/tiny_model.py).
+  the 2-layer Llama of launch/assets.py (tiny_model_dir).
 - Data: the generated Korean corpus of bench/data_pipeline.py (keyword extraction, finance judgement, RAFT, multi-turn
   QA, chit-chat: the length distribution of our users' data), prepared by our pipeline (assistant-only labels, packed
   to --seq tokens). TRL trains on the same packed rows in the same order (bench/train_throughput.py's hand-over).
@@ -41,15 +41,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import train_throughput as tt  # noqa: E402
-from bench.data_pipeline import machine, trl_available, write_corpus  # noqa: E402
+from bench import common as tt  # noqa: E402
+from bench.common import machine, trl_available  # noqa: E402
+from bench.corpus import write_corpus  # noqa: E402
+from train.methods import METHODS, NAMES  # noqa: E402
+from train.paths import MODELS_DIR, REPO  # noqa: E402
 
 MODELS = {"llama3-8b": "llama3_tokenizer", "qwen3-8b": "qwen3_tokenizer", "tiny": None}
-METHODS = ("lora", "qlora", "full")
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
                     "L40S": 362.0, "A10G": 125.0}  # dense bf16 tensor-core peaks (vendor data sheets), by name part
 
@@ -58,7 +58,7 @@ def model_config(name: str):
     """The transformers config of configs/models/<name>.json."""
     from transformers import AutoConfig
 
-    shape = {k: v for k, v in json.loads((REPO / "configs" / "models" / f"{name}.json").read_text()).items()
+    shape = {k: v for k, v in json.loads((MODELS_DIR / f"{name}.json").read_text()).items()
              if not k.startswith("_")}
     return AutoConfig.for_model(shape.pop("model_type"), **shape)
 
@@ -66,9 +66,9 @@ def model_config(name: str):
 def build_model(name: str, scratch: Path) -> Path:
     """A folder with config.json, random bf16 weights (safetensors) and the tokenizer; built once."""
     if name == "tiny":
-        from tests.tiny_model import build_tiny_model_dir
+        from launch.assets import tiny_model_dir
 
-        return build_tiny_model_dir(scratch / "tiny", hidden=64)
+        return tiny_model_dir(scratch / "tiny", hidden=64)
     folder = scratch / name
     if (folder / "config.json").exists():
         return folder
@@ -110,7 +110,7 @@ def recipe(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
         "data": {"sources": [{"path": spec["corpus"], "format": "messages"}], "max_length": spec["seq"],
                  "packing": True, "overlong": "split", "validation_split": 0.0, "dedup": "exact",
                  "enable_thinking": False, "cache_dir": str(Path(spec["scratch"]) / "data-cache")},
-        "train": {"max_steps": spec["steps"], "learning_rate": 1e-5 if method == "full" else 1e-4,
+        "train": {"max_steps": spec["steps"], "learning_rate": 1e-5 if METHODS[method].trains_base else 1e-4,
                   "lr_scheduler": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
                   "per_device_batch_size": 1, "gradient_accumulation_steps": 1, "optim": "adamw_torch_fused",
                   "gradient_checkpointing": variant.endswith("-gc"), "logging_steps": 1, "save_steps": 100000,
@@ -170,12 +170,12 @@ def child_trl(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
     gpu, method = spec["gpu"], spec["method"]
     dtype = torch.bfloat16 if gpu else torch.float32
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=dtype) if method == "qlora" else None
+                               bnb_4bit_compute_dtype=dtype) if METHODS[method].quantized_base else None
     set_seed(tt.SEED)
     model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=dtype, quantization_config=quant,
                                                  attn_implementation=cfg.model.attn_implementation)
     peft_config = None
-    if method != "full":
+    if METHODS[method].adapter:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", bias="none",
@@ -227,7 +227,7 @@ def flops_per_token(config, method: str, sample_sq_over_len: float) -> float:
     q, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
     per_layer = c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
     n = c.num_hidden_layers * per_layer + c.hidden_size * c.vocab_size
-    return (6 if method == "full" else 4) * n + 6 * c.num_hidden_layers * q * sample_sq_over_len
+    return METHODS[method].matmul_flops * n + 6 * c.num_hidden_layers * q * sample_sq_over_len
 
 
 def peak_flops() -> tuple:
@@ -276,7 +276,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=None, help="comma-separated: llama3-8b, qwen3-8b, tiny "
                         "(default: the 8B models on a GPU, tiny on a CPU)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: lora, qlora, full")
+    parser.add_argument("--methods", default="lora,qlora,full", help=f"comma-separated: {', '.join(NAMES)}")
     parser.add_argument("--seq", type=int, default=None, help="packed row length (default 4096 on a GPU, 256 on a CPU)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run, the first a warm-up "
                         "(default 12 on a GPU, 4 on a CPU)")

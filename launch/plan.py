@@ -1,6 +1,6 @@
 """`python -m launch plan`: will a run fit, with which strategy, micro-batch and gradient accumulation, and how fast,
 before any GPU is touched. The model's shape comes from its config.json (no weights); the memory and throughput
-model is train/plan.py (the same one train/sft.py checks a run with before loading the model).
+model is train/plan/planner.py (the same one train/sft.py checks a run with before loading the model).
 
     python -m launch plan --config R [--nodes N --gpus-per-node G --gpu h100] [key=value ...]
     python -m launch plan --model llama3-8b --method lora --gpus-per-node 1 --gpu h100 --seq-len 4096 --global-batch 16
@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import sys
 
+from train.methods import NAMES as METHOD_NAMES
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("plan", help="memory per GPU for DDP/ZeRO-2/ZeRO-3/offload/FSDP, what fits, the recommended "
                                     "strategy, micro-batch and accumulation, step time")
     p.add_argument("--config", help="recipe YAML (its model, method, LoRA, sequence length, batch, optimizer)")
     p.add_argument("--model", help="config.json, model folder, configs/models/ name (llama3-8b) or hub id")
-    p.add_argument("--method", choices=("full", "lora", "qlora"))
+    p.add_argument("--method", choices=METHOD_NAMES)
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=1)
     p.add_argument("--gpu", help="GPU type for memory and peak TFLOP/s: a100, a100-40gb, h100, h100-pcie, h200, l40s, "
@@ -69,9 +71,9 @@ def plan_config(args):
 
 
 def cmd_plan(args) -> int:
-    from train.model_shape import PlanError, read_shape
-    from train.plan import Assumptions, hardware, make_plan, render, to_json
-    from train.sft import EXIT_USER_ERROR
+    from train.plan.shape import PlanError, read_shape
+    from train.plan.planner import Assumptions, hardware, make_plan, render, to_json
+    from train.errors import EXIT_USER_ERROR
 
     try:
         cfg = plan_config(args)

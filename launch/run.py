@@ -1,7 +1,7 @@
 """`python -m launch run`: pick the accelerate configuration that suits a recipe on this machine, print the exact
 `accelerate launch ...` command, then run it (or stop there with --dry-run).
 
-The choice, when --accelerate is not given, is the memory planner's (train/plan.py, `python -m launch plan`): the
+The choice, when --accelerate is not given, is the memory planner's (train/plan/planner.py, `python -m launch plan`): the
 first of DDP (single_gpu / multi_gpu), ZeRO-2, ZeRO-3, FSDP, ZeRO-3 offload whose weights, gradients, optimizer
 states, activations and overhead fit the GPUs with some micro-batch (gradient checkpointing if needed); no GPU → one
 CPU process (or --accelerate cpu_ddp for several).
@@ -24,14 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from train.sft import EXIT_PREEMPTED, EXIT_USER_ERROR
-
-REPO = Path(__file__).resolve().parent.parent
-ACCELERATE_DIR = REPO / "configs" / "accelerate"
-GIB = 1024 ** 3
+from train.errors import EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
+from train.methods import method_of
+from train.paths import ACCELERATE_DIR, GIB, REPO
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError, ValueError):
     """A combination that cannot work; the message says why and what to do instead."""
 
 
@@ -64,7 +62,7 @@ def available_configs() -> list[str]:
 def model_shape(cfg):
     """The model's shape from its config.json (no weights are read); from the name (e.g. '70B') when the config
     cannot be reached; None if neither works."""
-    from train.model_shape import PlanError, read_shape, shape_from_name
+    from train.plan.shape import PlanError, read_shape, shape_from_name
 
     try:
         return read_shape(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
@@ -89,15 +87,15 @@ def _mixed_precision(cfg, cuda: bool) -> list[str]:
 
 def choose(cfg, gpus: int, gpu_gib: Optional[float], shape, nodes: int = 1) -> tuple[str, str]:
     """(accelerate config name, why) for a recipe on `nodes` x `gpus` GPUs of `gpu_gib` GiB each: the memory plan's
-    recommendation. `shape` is a train.plan.ModelShape, a parameter count (a Llama-style shape of that size is
+    recommendation. `shape` is a train.plan.shape.ModelShape, a parameter count (a Llama-style shape of that size is
     assumed) or None (unknown: the usual choice for the method)."""
-    from train.model_shape import shape_from_parameter_count
-    from train.plan import Hardware, estimate, make_plan, strategy_label
+    from train.plan.shape import shape_from_parameter_count
+    from train.plan.planner import Hardware, estimate, make_plan, strategy_label
 
     if gpus == 0:
         return "cpu", "no GPU here: one CPU process (pass --accelerate cpu_ddp for several)"
     if shape is None:
-        name = "single_gpu" if gpus == 1 else ("zero3" if cfg.method == "full" else "multi_gpu")
+        name = "single_gpu" if gpus == 1 else ("zero3" if method_of(cfg).trains_base else "multi_gpu")
         return name, "model size unknown (config not reachable): the usual choice for the method"
     if isinstance(shape, int):
         shape = shape_from_parameter_count(shape, cfg.model.name_or_path)
@@ -107,7 +105,8 @@ def choose(cfg, gpus: int, gpu_gib: Optional[float], shape, nodes: int = 1) -> t
     size = f"{params / 1e9:.1f}B parameters, {hw.world} x {gpu_gib:.0f} GiB"
     if plan.recommended is None:
         need = f"Use at least {plan.min_gpus} GPUs" if plan.min_gpus else "Use more or larger GPUs"
-        hint = {"full": " or method=lora", "lora": " or method=qlora"}.get(cfg.method, "")
+        lighter = method_of(cfg).lighter
+        hint = f" or method={lighter}" if lighter else ""
         raise LaunchError(f"{cfg.model.name_or_path} with method={cfg.method} does not fit {hw.world} GPU(s) of "
                           f"{gpu_gib:.0f} GiB with any strategy, micro-batch 1 and gradient checkpointing ({size}). "
                           f"{need}{hint}; python -m launch plan --config <recipe> shows the breakdown")
@@ -138,7 +137,7 @@ def check(cfg, name: str, gpus: int, cuda: bool) -> None:
     if name == "single_gpu" and gpus > 1:
         raise LaunchError(f"--accelerate single_gpu runs one process, but --gpus {gpus} asks for more. Use multi_gpu, "
                           f"zero2, zero3 or fsdp2, or --gpus 1")
-    from train.plan import method_conflict
+    from train.plan.planner import method_conflict
 
     strategy = {"fsdp2": "fsdp", "multi_node_zero3": "zero3"}.get(name, name)
     conflict = method_conflict(strategy, cfg)  # the planner's rules: it never recommends what is refused here
@@ -238,7 +237,7 @@ def signal_process_tree(pid: int, sig: int) -> None:
 
 
 def _preempted_checkpoint(output_dir: str) -> bool:
-    from train.trainer import CHECKPOINT_MARKER, complete_checkpoints
+    from train.checkpoints import CHECKPOINT_MARKER, complete_checkpoints
 
     done = complete_checkpoints(output_dir)
     if not done:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from launch.run import REPO, LaunchError, plan
-from train.sft import EXIT_USER_ERROR
+from train.errors import EXIT_USER_ERROR
 
 TEMPLATES = {"single": REPO / "slurm" / "single_node.sbatch", "multi": REPO / "slurm" / "multi_node.sbatch"}
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")

@@ -55,9 +55,9 @@ def gemma_tokenizer(load_tokenizer):
 @pytest.fixture()
 def bpe_tokenizer():
     """A fresh tiny byte-level BPE tokenizer (about 600 tokens, ChatML template, eos <|im_end|>, pad <|endoftext|>)."""
-    from tests.tiny_model import build_tokenizer
+    from launch.assets import tiny_tokenizer
 
-    return build_tokenizer()
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="session")

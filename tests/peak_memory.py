@@ -66,7 +66,7 @@ def main(jobs: list) -> int:
 
     import train.data.prepare  # noqa: F401
     import train.model  # noqa: F401
-    import train.memory_check  # noqa: F401
+    import train.plan.check  # noqa: F401
     import train.trainer  # noqa: F401
 
     failed = 0

@@ -1,5 +1,5 @@
-"""Which attention a run uses (train/attention.py) and the per-sample kernels for packed rows
-(train/packed_attention.py): the choice per device, dtype and installed packages; the varlen arguments the collator
+"""Which attention a run uses (train/kernels/attention.py) and the per-sample kernels for packed rows
+(train/kernels/packed_attention.py): the choice per device, dtype and installed packages; the varlen arguments the collator
 must pass; the sample boundaries (cu_seq_lens) against an independent computation; the flex and per-sample kernels
 against attention run on each sample alone; FlashAttention asked for without its package fails before any work.
 The CUDA kernels themselves (PyTorch varlen_attn, compiled flex) run in scripts/gpu_check.sh."""
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import attention as A
-from train import packed_attention as PA
+from train.kernels import attention as A
+from train.kernels import packed_attention as PA
 from train.data.packing import Collator, flash_varlen_kwargs, packed_rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,9 +106,10 @@ def test_flash_attention_without_its_package_is_a_config_error(monkeypatch):
 
 @pytest.mark.slow
 def test_sft_refuses_flash_attention_before_preparing_data(tmp_path):
-    from tests.tiny_model import build_tiny_model_dir, write_tiny_recipe
+    from launch.assets import tiny_model_dir
+    from tests.tiny_model import write_tiny_recipe
 
-    recipe = write_tiny_recipe(tmp_path, build_tiny_model_dir(tmp_path / "model"))
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir(tmp_path / "model"))
     res = subprocess.run([sys.executable, "train/sft.py", "--config", str(recipe),
                           "model.attn_implementation=flash_attention_2", "model.dtype=bfloat16"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -57,10 +57,11 @@ def test_label_less_windows_follow_the_documented_split_rule():
 
 
 def test_corpus_is_deterministic_long_tailed_and_free_of_duplicates():
-    bench = _bench_module()
-    first, again = bench.make_corpus(400), bench.make_corpus(400)
+    from bench import corpus
+
+    first, again = corpus.make_corpus(400), corpus.make_corpus(400)
     assert first == again
-    assert {r["kind"] for r in first} == {k for k, _ in bench.MIX}
+    assert {r["kind"] for r in first} == {k for k, _ in corpus.MIX}
     keys = [json.dumps(r["messages"], ensure_ascii=False) for r in first]
     assert len(set(keys)) == len(keys)
     chars = sorted(sum(len(m["content"]) for m in r["messages"]) for r in first)

@@ -1,4 +1,4 @@
-"""train/cpu_heap.py: on a CPU, the heap's free pages go back to the system when the backward pass reaches trained
+"""train/kernels/cpu_heap.py: on a CPU, the heap's free pages go back to the system when the backward pass reaches trained
 input embeddings. Measured on a real backward pass: the process's anonymous RSS at the moment the embeddings' gradient
 arrives, with and without the hook, and the gradients it lets through."""
 
@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from tests.peak_memory import anonymous_rss
-from tests.tiny_model import build_tiny_model_dir
-from train.cpu_heap import _LIBC, trim_before_embedding_backward
+from launch.assets import tiny_model_dir
+from train.kernels.cpu_heap import _LIBC, trim_before_embedding_backward
 
 
 @pytest.mark.skipif(_LIBC is None, reason="glibc's malloc_trim")
 def test_free_heap_is_returned_before_the_embedding_gradient(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(build_tiny_model_dir(tmp_path / "m", hidden=256), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(tmp_path / "m", hidden=256), dtype=torch.float32)
     model.train()
     plain = copy.deepcopy(model)
     torch.manual_seed(0)

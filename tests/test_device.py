@@ -1,7 +1,7 @@
 """Device decisions made before torch touches a device (train/device.py), tested on the CPU: one process sees one GPU,
 the allocator settings per device, where evaluation loads its model; and the two guards for a process that still sees
 several GPUs: the Trainer never wraps the model in nn.DataParallel (n_gpu stays 1), and the forwards this project
-binds to module instances follow nn.DataParallel's replicas (train/instance_forward.py)."""
+binds to module instances follow nn.DataParallel's replicas (train/kernels/instance_forward.py)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def test_trainer_uses_one_gpu_per_process_even_when_transformers_counts_eight(tm
     """On an 8-GPU node transformers sets n_gpu = 8 for a lone process (all GPUs visible): the Trainer would wrap the
     model in nn.DataParallel and feed it 8 x per_device_batch_size rows. Simulated here by setting what transformers
     sets; the trainer keeps n_gpu at 1, so the model stays unwrapped and a batch holds per_device_batch_size rows."""
-    from tests.tiny_model import build_tiny_model_dir, write_tiny_recipe
+    from launch.assets import tiny_model_dir
+    from tests.tiny_model import write_tiny_recipe
     from train.config import load_config
     from train.data.packing import Collator
     from train.data.prepare import load_or_build
@@ -83,7 +84,7 @@ def test_trainer_uses_one_gpu_per_process_even_when_transformers_counts_eight(tm
     from train.model import load_model, load_tokenizer
     from train.trainer import SFTTrainer, training_arguments
 
-    recipe = write_tiny_recipe(tmp_path, build_tiny_model_dir(tmp_path / "model"))
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir(tmp_path / "model"))
     cfg = load_config(recipe, ["data.packing=false", "train.per_device_batch_size=2"])
     tokenizer = load_tokenizer(cfg)
     setup_tokenizer(tokenizer, cfg.data)
@@ -127,8 +128,8 @@ def test_patched_forwards_are_bound_to_each_replica(tiny_causal_lm):
     original's (on a multi-GPU node: cuda:0 weights on cuda:1 inputs)."""
     from peft import LoraConfig, get_peft_model
 
-    from train.model import lean_lora_layers
-    from train.recompute import recompute_activations
+    from train.kernels.lean_lora import lean_lora_layers
+    from train.kernels.recompute import recompute_activations
 
     model = tiny_causal_lm("llama").train()
     assert recompute_activations(model)["gated_mlp"] == 2

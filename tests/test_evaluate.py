@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train import evaluate as ev
+from train.eval import generate as gen
+from train.eval import report as rep
+from train.eval import scores as ev
 from train.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +59,7 @@ def test_aggregate_and_table():
     per = [ev.score_sample('["a"]', '["a"]'), ev.score_sample('["b"]', '["a"]')]
     agg = ev.aggregate(per)
     assert agg["keyword_f1"] == 0.5 and agg["task_score[keywords]"] == 0.5 and agg["exact_match"] == 0.5
-    table = ev.comparison_table({"base": {"task_score": 0.2, "eval_loss": 2.0},
+    table = rep.comparison_table({"base": {"task_score": 0.2, "eval_loss": 2.0},
                                  "fine-tuned": {"task_score": 0.5, "eval_loss": 1.5}})
     assert "| task_score | 0.2000 | 0.5000 | +150.0% |" in table
     assert "| eval_loss | 2.0000 | 1.5000 | +25.0% |" in table  # lower loss is an improvement
@@ -115,7 +117,7 @@ def test_report_files_and_png_chart(tmp_path):
                "fine-tuned": {"rouge1_f1": 0.5, "bleu": 0.3, "cosine": 0.8, "eval_loss": 1.5}}
     meta = {"model": "m", "samples": 1, "template": "chatml", "embedding_model": "all-minilm-l6-v2",
             "warnings": ["encoder is poor for Korean"]}
-    paths = ev.write_eval_report(tmp_path, results, [{"reference": "r", "base": "b", "fine-tuned": "f"}], meta)
+    paths = rep.write_eval_report(tmp_path, results, [{"reference": "r", "base": "b", "fine-tuned": "f"}], meta)
     png = paths["chart"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
@@ -152,7 +154,7 @@ def test_eval_config_errors_name_key_and_fix(tmp_path, overrides, key, fix):
 
 
 def test_rotation_keeps_the_best_checkpoint(tmp_path):
-    from train.trainer import mark_complete, rotate_checkpoints
+    from train.checkpoints import mark_complete, rotate_checkpoints
 
     for step in (1, 2, 3, 4):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -182,11 +184,12 @@ def test_validation_loss_and_early_stopping_keep_the_best_model(tmp_path):
     training stops `patience` evaluations after the best one, and the saved adapter is the best checkpoint's."""
     from safetensors.torch import load_file
 
-    from tests.tiny_model import CONVERSATIONS, build_tiny_model_dir, write_tiny_recipe
+    from launch.assets import tiny_model_dir
+    from tests.tiny_model import CONVERSATIONS, write_tiny_recipe
     from train.sft import train_sft
-    from train.trainer import read_metrics
+    from train.callbacks import read_metrics
 
-    recipe = write_tiny_recipe(tmp_path, build_tiny_model_dir(tmp_path / "tiny"))
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir(tmp_path / "tiny"))
     held = tmp_path / "held.jsonl"
     with open(held, "w", encoding="utf-8") as f:
         for i in range(8):
@@ -220,19 +223,20 @@ def test_validation_loss_and_early_stopping_keep_the_best_model(tmp_path):
 
 def test_balanced_subset_covers_every_group_in_order():
     groups = ["k"] * 5 + ["f"] * 5
-    assert ev.balanced_subset(groups, 4) == [0, 1, 5, 6]
-    assert ev.balanced_subset(groups, 0) == list(range(10))
-    assert ev.balanced_subset(["a", "a", "b"], 2) == [0, 2]
+    assert gen.balanced_subset(groups, 4) == [0, 1, 5, 6]
+    assert gen.balanced_subset(groups, 0) == list(range(10))
+    assert gen.balanced_subset(["a", "a", "b"], 2) == [0, 2]
 
 
 @pytest.mark.slow
 def test_eval_command_compares_base_and_fine_tuned(tmp_path):
     """Train the tiny model a few steps, then `launch eval --base`: a side-by-side report with both models."""
-    from tests.tiny_model import CONVERSATIONS, build_tiny_model_dir
+    from launch.assets import tiny_model_dir
+    from tests.tiny_model import CONVERSATIONS
 
     import yaml
 
-    model_dir = build_tiny_model_dir(tmp_path / "tiny")
+    model_dir = tiny_model_dir(tmp_path / "tiny")
     data = tmp_path / "train.jsonl"
     held = tmp_path / "held.jsonl"
     for path, n, tag in [(data, 24, "학습"), (held, 4, "평가")]:

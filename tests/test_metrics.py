@@ -1,11 +1,11 @@
-"""train/metrics.py against hand-computed values: Korean morpheme tokens, ROUGE-1/2/L, BLEU (sentence and corpus),
+"""train/eval/metrics.py against hand-computed values: Korean morpheme tokens, ROUGE-1/2/L, BLEU (sentence and corpus),
 and cosine similarity on the real all-MiniLM-L6-v2 encoder (fetched offline by launch.assets)."""
 
 import math
 
 import pytest
 
-from train import metrics as tm
+from train.eval import metrics as tm
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Tokens

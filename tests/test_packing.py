@@ -1,6 +1,6 @@
 """Packing: BFD against independent packers, lossless splitting, collation, and the proof that packed rows give the
 same logits and loss as the samples run one by one (tiny Llama and Qwen3; sdpa, eager and the CPU path "sdpa_packed"
-that runs attention per sample block, train/packed_attention.py)."""
+that runs attention per sample block, train/kernels/packed_attention.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from train.data.packing import (Collator, balance_micro_batches, flash_varlen_kwargs, handle_overlong, pack_bfd,
                                 packed_rows, packing_stats)
-from train.packed_attention import PACKED_SDPA, choose_attention, register, sample_blocks
+from train.kernels.packed_attention import PACKED_SDPA, choose_attention, register, sample_blocks
 
 register()  # "sdpa_packed" becomes a valid attn_implementation
 
@@ -411,7 +411,7 @@ def _mixed_batch():
 def test_packed_attention_loss_and_grads_equal_block_mask(tiny_causal_lm, arch):
     """The training computation (label-only loss, backward) through "sdpa_packed" equals transformers' SDPA with its
     block-diagonal mask, in value and in every gradient (fp32, 1e-5)."""
-    from train.trainer import label_only_loss
+    from train.kernels.fused_loss import label_only_loss
 
     batch = _mixed_batch()
     n_items = torch.tensor(int((batch["labels"][:, 1:] != IGNORE).sum()))

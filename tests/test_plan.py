@@ -1,4 +1,4 @@
-"""The memory planner (train/model_shape.py, train/plan.py, `python -m launch plan`, train/memory_check.py in
+"""The memory planner (train/plan/shape.py, train/plan/planner.py, `python -m launch plan`, train/plan/check.py in
 train/sft.py) against independent measurements: parameter counts of the models transformers builds on the meta device,
 LoRA counts of peft, the tensors autograd saves (saved_tensors_hooks), the bytes bitsandbytes allocates for 4-bit
 weights, the peak memory of real training runs (train/sft.py in a subprocess), and published figures (QLoRA paper,
@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train import memory_check as M
-from train import model_shape as S
-from train import plan as P
+from train.data.report import DataReport
+from train.methods import METHODS
+from train.plan import check as M
+from train.plan import shape as S
+from train.plan import planner as P
 from train.config import Config, DataConfig, LoraSettings, ModelConfig, QLoraSettings, TrainConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,10 +132,10 @@ def test_lora_parameter_count_equals_peft(tiny_causal_lm, arch, targets):
 
 def _saved_bytes(model, inputs: dict, autocast: bool, recomputing: bool = True) -> int:
     """Bytes of the distinct non-parameter tensors autograd saves for backward during one forward pass; under
-    train/recompute.py's `recomputing()`, what it replaces by a note is not counted (its own hook would do that)."""
+    train/kernels/recompute.py's `recomputing()`, what it replaces by a note is not counted (its own hook would do that)."""
     import torch
 
-    from train import recompute
+    from train.kernels import recompute
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen = {}
@@ -158,8 +160,8 @@ def _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, auto
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
-    from train.packed_attention import register
-    from train.recompute import recompute_activations
+    from train.kernels.packed_attention import register
+    from train.kernels.recompute import recompute_activations
 
     register()  # "sdpa_packed" and "varlen_packed" become valid implementations
 
@@ -200,7 +202,7 @@ def _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, auto
     ("llama", "bfloat16", "sdpa", "lora", ["all-linear"], 0.1, True, True),
     ("qwen3", "float32", "sdpa", "full", ["all-linear"], 0.0, False, True),
     ("qwen3", "bfloat16", "sdpa", "lora", ["all-linear"], 0.05, True, False),
-    # the per-sample attention packed rows train with on a CPU (train/attention.py): no mask, heads unexpanded
+    # the per-sample attention packed rows train with on a CPU (train/kernels/attention.py): no mask, heads unexpanded
     ("llama", "float32", "sdpa_packed", "full", ["all-linear"], 0.0, False, True),
     ("llama", "float32", "sdpa_packed", "lora", ["all-linear"], 0.1, False, True),
     ("qwen3", "bfloat16", "sdpa_packed", "lora", ["all-linear"], 0.0, True, True),
@@ -209,7 +211,7 @@ def test_activation_formula_equals_the_tensors_autograd_saves(arch, dtype, attn,
                                                               packed, recompute):
     """Exactly, byte for byte: what layer_activation_bytes predicts per layer and token is what autograd keeps in
     transformers' Llama and Qwen3 layers (CPU; autocast as accelerate applies it on a GPU), plain and with the
-    trainer's recomputed activations (train/recompute.py)."""
+    trainer's recomputed activations (train/kernels/recompute.py)."""
     measured, config = _saved_per_layer_and_token(arch, dtype, attn, method, targets, dropout, autocast, packed,
                                                   recompute)
     shape = S.shape_from_config(config.to_dict(), arch)
@@ -226,10 +228,10 @@ def test_4bit_weights_take_the_bytes_bitsandbytes_allocates(tmp_path):
     equal what train/model.py's real loading allocates through bitsandbytes on this CPU."""
     import torch
 
-    from tests.tiny_model import build_tiny_model_dir
+    from launch.assets import tiny_model_dir
     from train.model import load_base_model
 
-    folder = build_tiny_model_dir(tmp_path / "m", hidden=512)  # large enough that per-tensor code books are noise
+    folder = tiny_model_dir(tmp_path / "m", hidden=512)  # large enough that per-tensor code books are noise
     for double_quant in (True, False):
         cfg = make_cfg(method="qlora", dtype="float32", double_quant=double_quant)
         cfg.model.name_or_path = str(folder)
@@ -241,8 +243,8 @@ def test_4bit_weights_take_the_bytes_bitsandbytes_allocates(tmp_path):
             state = getattr(param, "quant_state", None)
             if state is not None:
                 tensors += [t for t in state.as_dict(packed=False).values() if torch.is_tensor(t)]
-            for t in tensors:
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            for t in tensors:  # by tensor, not storage: small weights may be views into one loading buffer
+                seen[t.data_ptr()] = t.numel() * t.element_size()
         shape = S.read_shape(str(folder))
         p = P.precision(cfg, P.Hardware(device="cpu"), "ddp", P.Assumptions())
         predicted, quantised = P.base_weight_bytes(shape, cfg, p)
@@ -261,11 +263,11 @@ def build_llama_dir(path: Path, hidden: int, layers: int, intermediate: int, hea
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from tests.tiny_model import build_tokenizer
+    from launch.assets import tiny_tokenizer
 
     if (path / "config.json").exists():
         return path
-    tokenizer = build_tokenizer()
+    tokenizer = tiny_tokenizer()
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                          max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=None,
@@ -314,7 +316,7 @@ def predict_peak(recipe: Path, *overrides: str) -> "P.Estimate":
     cfg = load_config(recipe, list(overrides))
     reports = list(Path(cfg.data.cache_dir).glob("*/report.json"))
     assert len(reports) == 1, reports
-    a = P.Assumptions(label_fraction=M.label_fraction(json.loads(reports[0].read_text())))
+    a = P.Assumptions(label_fraction=DataReport.from_dict(json.loads(reports[0].read_text())).label_fraction())
     hw = P.Hardware(device="cpu", gpu_mem_gib=64)
     return P.estimate(S.read_shape(cfg.model.name_or_path), cfg, hw, "ddp", cfg.train.per_device_batch_size,
                       cfg.train.gradient_checkpointing, cfg.train.gradient_accumulation_steps, a)
@@ -442,7 +444,7 @@ def test_recommendation_prefers_the_least_sharding_and_the_fastest_setting_that_
     # step time from the FLOP count: 4N + attention for LoRA, 6N for full, at the stated MFU
     n_matmul = shape.parameters().linear + shape.vocab * shape.hidden
     assert p.flops_per_token == pytest.approx(4 * n_matmul + 6 * 41_943_040 + 6 * 4096 * 4096 * 32, rel=1e-6)
-    assert p.assumptions.mfu == json.loads(P.MFU_FILE.read_text())["assumed"]["lora"]  # no measurement for h100 yet
+    assert p.assumptions.mfu == METHODS["lora"].mfu  # the method's assumption: no measurement for h100 in the repo
     assert p.tokens_per_second == pytest.approx(989e12 * p.assumptions.mfu / p.flops_per_token, rel=1e-6)
     assert p.attention == "varlen_packed"  # packed rows on a GPU: attention per sample, the causal half skipped
 
@@ -456,13 +458,17 @@ def test_nearest_fit_when_the_recipe_does_not_fit():
     assert what.startswith("micro-batch") and choice.estimate.fits and choice.estimate.strategy == "ddp"
     assert choice.estimate.micro_batch * choice.grad_accum == 16  # the global batch is kept
     assert "DOES NOT FIT" in P.render(p) and "nearest fit" in P.render(p)
-    # a 70B QLoRA cannot be loaded on one 24 GB card, nor sharded over one: at least two, with ZeRO-3
+    # a 70B QLoRA does not fit one 48 GB card: at least two, sharded with ZeRO-3 or FSDP
     big = S.read_shape("llama3-70b")
     q = make_cfg(method="qlora", seq=1024, checkpointing=True)
-    p = P.make_plan(big, q, P.hardware("rtx4090"), requested_strategy="ddp")
+    p = P.make_plan(big, q, P.hardware("l40s"), requested_strategy="ddp")
     assert p.recommended is None and p.nearest is None and p.min_gpus >= 2
-    p2 = P.make_plan(big, q, P.hardware("rtx4090", gpus_per_node=p.min_gpus), global_batch=p.min_gpus)
+    p2 = P.make_plan(big, q, P.hardware("l40s", gpus_per_node=p.min_gpus), global_batch=p.min_gpus)
     assert p2.recommended.estimate.strategy in ("zero3", "fsdp")
+    # on 24 GB cards never: the whole 4-bit base (37 GiB) is loaded onto every GPU before ZeRO-3 or FSDP shard it
+    p = P.make_plan(big, q, P.hardware("rtx4090"), requested_strategy="ddp")
+    assert p.recommended is None and p.min_gpus is None
+    assert "QLoRA loads the whole 4-bit base (36.8 GiB) onto every GPU" in P.render(p)
 
 
 def test_strategy_from_the_accelerate_environment():
@@ -495,7 +501,7 @@ def test_check_memory_refuses_on_a_gpu_with_the_nearest_fit_and_the_recipe_can_o
     # prepared data's share of label tokens
     cfg = make_cfg(method="lora", seq=2048, packing=False)
     cfg.model.name_or_path = "llama3-8b"
-    report = {"packing": {"rows": 100, "label_tokens": 5000, "max_length": 2048}, "token_lengths": {"max": 500}}
+    report = DataReport(packing={"rows": 100, "label_tokens": 5000, "max_length": 2048}, token_lengths={"max": 500})
     plan = M.check_memory(cfg, report, env={}, hw=P.hardware("h100"))
     assert plan.seq_len == 500 and cfg.data.max_length == 2048 and plan.assumptions.label_fraction == 0.1
 
@@ -542,12 +548,12 @@ def test_cli_plans_a_recipe_and_names_bad_input(tmp_path):
 def test_sft_refuses_a_run_predicted_not_to_fit_before_loading_the_model(tmp_path):
     """A 70B full fine-tuning on this CPU machine: train/sft.py stops after preparing the data, before any weight is
     read (the folder has none), with exit code 2 and the plan; train.memory_check=false lets it go on to loading."""
-    from tests.tiny_model import build_tokenizer
+    from launch.assets import tiny_tokenizer
 
     model = tmp_path / "llama3-70b"
     model.mkdir()
     (model / "config.json").write_text((REPO / "configs/models/llama3-70b.json").read_text())
-    build_tokenizer().save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
     recipe = write_recipe(tmp_path / "run", model, conversations=8)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     res = subprocess.run([sys.executable, "train/sft.py", "--config", str(recipe), "method=full"], cwd=REPO, env=env,
@@ -588,19 +594,19 @@ def test_speed_line_uses_the_attention_the_run_uses_and_the_mfu_per_method(tmp_p
     causal = 6 * 4096 * shape.q_dim * shape.layers  # per token, a causal kernel, forward + backward
     assert P.flops_per_token(shape, cfg, False, a, "eager") - P.flops_per_token(shape, cfg, False, a, "varlen_packed") \
         == pytest.approx(causal, rel=1e-9)  # a masked whole-row attention does not skip the causal half
-    # per method, from configs/mfu.json: assumed until scripts/gpu_check.sh measured the GPU
+    # per method: assumed (train/methods.py) until scripts/gpu_check.sh measured it on the GPU (configs/mfu.json)
     table = json.loads(P.MFU_FILE.read_text())
     for method in ("full", "lora", "qlora"):
         mfu, source = P.model_flop_utilisation(method, "h100")
-        assert mfu == table["assumed"][method] and source.startswith("assumed")
-    assert table["assumed"]["lora"] < 0.40  # HF Trainer + PEFT in eager bf16 rarely reaches 40%
+        assert mfu == METHODS[method].mfu and source.startswith("assumed")
+    assert METHODS["lora"].mfu < 0.40  # HF Trainer + PEFT in eager bf16 rarely reaches 40%
     measured = {**table, "measured": {"h100": {"lora": {"mfu": 0.33, "date": "2026-12-07"}}}}
     (tmp_path / "mfu.json").write_text(json.dumps(measured))
     monkeypatch.setattr(P, "MFU_FILE", tmp_path / "mfu.json")
     plan = P.make_plan(shape, make_cfg(method="lora", seq=4096), P.hardware("h100"), global_batch=16)
     assert plan.assumptions.mfu == 0.33 and "measured on h100" in P.render(plan)
     assert P.make_plan(shape, make_cfg(method="lora", seq=4096), P.hardware("a100"), global_batch=16) \
-        .assumptions.mfu == table["assumed"]["lora"]  # measured on another GPU: not this one's
+        .assumptions.mfu == METHODS["lora"].mfu  # measured on another GPU: not this one's
     given = P.make_plan(shape, make_cfg(method="lora", seq=4096), P.hardware("h100"), P.Assumptions(mfu=0.5), 16)
     assert given.assumptions.mfu == 0.5
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tiny_model import build_tokenizer
+from launch.assets import tiny_tokenizer
 from train.config import load_config
 from train.data.prepare import COMPLETE, cache_path, load_or_build
 from train.data.quality import DataError
@@ -37,7 +37,7 @@ def write_jsonl(path: Path, records) -> Path:
 
 @pytest.fixture()
 def tokenizer_dir(tmp_path):
-    tok = build_tokenizer()
+    tok = tiny_tokenizer()
     tok.save_pretrained(tmp_path / "tok")
     return tmp_path / "tok"
 
@@ -109,8 +109,8 @@ def test_bad_record_raises_with_file_and_line_or_is_counted(tmp_path, tokenizer_
 
     cfg = load_config(recipe, ["data.on_error=skip"])
     prepared = load_or_build(cfg, tokenizer_for(cfg))
-    rejects = prepared.report["rejects"]
-    assert rejects["total"] == 2 and prepared.report["split"]["train"] == 10
+    rejects = prepared.report.rejects
+    assert rejects["total"] == 2 and prepared.report.split["train"] == 10
     assert any("mixed.jsonl:5" in x for xs in rejects["examples"].values() for x in xs)
     assert any("mixed.jsonl:12" in x for xs in rejects["examples"].values() for x in xs)
 
@@ -121,11 +121,11 @@ def test_overlong_samples_are_counted_never_silently_cut(tmp_path, tokenizer_dir
     recipe = make_cfg(tmp_path, tokenizer_dir, [{"path": str(data)}], validation_split=0.0, max_length=128)
     cfg = load_config(recipe)
     dropped = load_or_build(cfg, tokenizer_for(cfg))
-    assert dropped.report["overlong"]["overlong"] == 1 and dropped.report["overlong"]["dropped"] == 1
+    assert dropped.report.overlong["overlong"] == 1 and dropped.report.overlong["dropped"] == 1
     assert all(len(r) <= 128 for r in dropped.train["input_ids"])
     cfg = load_config(recipe, ["data.overlong=split"])
     split = load_or_build(cfg, tokenizer_for(cfg))
-    counts = split.report["overlong"]
+    counts = split.report.overlong
     assert counts["overlong"] == 1 and counts["label_tokens_lost"] == 0 and counts["split_into"] >= 2
     # every label token of the long sample survives the split; only prompt-only chunks (no labels) are dropped, counted
     labels = lambda d: sum(sum(1 for x in r if x != -100) for r in d.train["labels"])  # noqa: E731

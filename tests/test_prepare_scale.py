@@ -20,7 +20,7 @@ from pathlib import Path
 
 import datasets
 
-from tests.tiny_model import build_tokenizer
+from launch.assets import tiny_tokenizer
 from train.data.packing import handle_overlong, pack_bfd, packed_rows, packing_stats
 from train.data.prepare import row_stats
 
@@ -32,7 +32,7 @@ CHILD = textwrap.dedent('''
 
     import yaml
 
-    from tests.tiny_model import CORPUS, build_tokenizer
+    from launch.assets import TINY_CORPUS, tiny_tokenizer
     from train.config import load_config
     from train.data.prepare import load_or_build
     from train.data.templates import setup_tokenizer
@@ -41,11 +41,11 @@ CHILD = textwrap.dedent('''
     rng = random.Random(0)
     with open(work / "data.jsonl", "w", encoding="utf-8") as f:
         for i in range(n):
-            user = f"{i}번 질문: " + " ".join(rng.choice(CORPUS[:5]) for _ in range(rng.randint(4, 14)))
-            answer = f"{i}번 답변: " + " ".join(rng.choice(CORPUS[:5]) for _ in range(rng.randint(1, 4)))
+            user = f"{i}번 질문: " + " ".join(rng.choice(TINY_CORPUS[:5]) for _ in range(rng.randint(4, 14)))
+            answer = f"{i}번 답변: " + " ".join(rng.choice(TINY_CORPUS[:5]) for _ in range(rng.randint(1, 4)))
             f.write(json.dumps({"messages": [{"role": "user", "content": user},
                                              {"role": "assistant", "content": answer}]}, ensure_ascii=False) + "\\n")
-    tokenizer = build_tokenizer()
+    tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(work / "tok")
     recipe = {"model": {"name_or_path": str(work / "tok")},
               "data": {"sources": [{"path": str(work / "data.jsonl")}], "max_length": 1024,
@@ -73,8 +73,8 @@ CHILD = textwrap.dedent('''
     prepared = load_or_build(cfg, tokenizer)
     done[0] = True
     thread.join()
-    print(json.dumps({"growth_kb": peak[0] - before, "tokens": prepared.report["packing"]["tokens"],
-                      "samples": prepared.report["token_lengths"]["count"]}))
+    print(json.dumps({"growth_kb": peak[0] - before, "tokens": prepared.report.packing["tokens"],
+                      "samples": prepared.report.token_lengths["count"]}))
 ''')
 
 
@@ -192,7 +192,7 @@ def test_unpacked_rows_are_the_samples_unchanged(tmp_path):
 def _recipe(tmp_path, records, **data):
     import yaml
 
-    tok = build_tokenizer()
+    tok = tiny_tokenizer()
     tok.save_pretrained(tmp_path / "tok")
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
@@ -236,4 +236,4 @@ def test_every_sample_dropped_as_overlong_is_a_data_error(tmp_path):
     assert "all 3 samples" in str(e.value) and "overlong=split" in str(e.value)
     cfg, tok = _recipe(tmp_path, long, max_length=64, overlong="split")  # split keeps every labelled token
     prepared = load_or_build(cfg, tok)
-    assert prepared.report["overlong"]["label_tokens_lost"] == 0 and len(prepared.train) > 0
+    assert prepared.report.overlong["label_tokens_lost"] == 0 and len(prepared.train) > 0

@@ -1,4 +1,4 @@
-"""train/recompute.py: gated MLPs keep (gate, up) and recompute act(gate) and the product in backward; RMSNorm
+"""train/kernels/recompute.py: gated MLPs keep (gate, up) and recompute act(gate) and the product in backward; RMSNorm
 outputs are recomputed from the norm's input; the packed CPU attention's concatenated output is recomputed from its
 blocks. Also train/model.py's in-place LoRA update (fewer temporaries, peft's bits).
 
@@ -16,8 +16,8 @@ import gc
 import pytest
 import torch
 
-from tests.tiny_model import build_tiny_model_dir
-from train.recompute import gated_mlp_forward, recompute_activations, recomputing
+from launch.assets import tiny_model_dir
+from train.kernels.recompute import gated_mlp_forward, recompute_activations, recomputing
 
 
 def _load(path):
@@ -63,7 +63,7 @@ def _step(model, input_ids, labels):
 
 @pytest.mark.parametrize("arch,method", [("llama", "full"), ("llama", "lora"), ("qwen3", "lora")])
 def test_loss_gradients_identical_and_fewer_tensors_kept(tmp_path, arch, method):
-    plain = _load(build_tiny_model_dir(tmp_path / arch, arch=arch))
+    plain = _load(tiny_model_dir(tmp_path / arch, arch=arch))
     patched = copy.deepcopy(plain)
     layers = plain.config.num_hidden_layers
     norms = 2 * layers + 1 + (2 * layers if arch == "qwen3" else 0)  # + the final norm; Qwen3: q_norm, k_norm
@@ -93,7 +93,7 @@ def test_loss_gradients_identical_and_fewer_tensors_kept(tmp_path, arch, method)
 
 
 def test_inference_path_and_other_modules_untouched(tmp_path):
-    model = _load(build_tiny_model_dir(tmp_path / "llama"))
+    model = _load(tiny_model_dir(tmp_path / "llama"))
     before = {name: type(m).forward for name, m in model.named_modules()}
     reference = copy.deepcopy(model)
     assert recompute_activations(model) == {"gated_mlp": 2, "rms_norm": 5}
@@ -118,7 +118,7 @@ def test_non_gated_mlp_is_not_patched():
 def test_changed_in_place_or_freed_is_never_recomputed():
     """A registered tensor changed in place before autograd saves it is kept as it is (the recomputation would give
     the old values), and a freed one leaves the registry, so a later tensor at its address cannot be taken for it."""
-    from train import recompute
+    from train.kernels import recompute
 
     x = torch.randn(8, 4, requires_grad=True)
     w = torch.randn(4, requires_grad=True)
@@ -138,7 +138,7 @@ def test_changed_in_place_or_freed_is_never_recomputed():
 
 def test_saved_views_come_back_with_their_geometry():
     """Autograd may save a view of a registered tensor (a reshape, a slice): the note recreates exactly that view."""
-    from train import recompute
+    from train.kernels import recompute
 
     x = torch.randn(6, 8, requires_grad=True)
     w = torch.randn(4, 3, requires_grad=True)
@@ -161,7 +161,7 @@ def test_load_model_recomputes_only_without_gradient_checkpointing(tmp_path, che
     from train.config import Config, DataConfig, LoraSettings, ModelConfig, TrainConfig
     from train.model import load_model, load_tokenizer
 
-    folder = build_tiny_model_dir(tmp_path / "llama")
+    folder = tiny_model_dir(tmp_path / "llama")
     cfg = Config(model=ModelConfig(name_or_path=str(folder), dtype="float32", attn_implementation="sdpa"),
                  method="lora", lora=LoraSettings(r=4, target_modules=["all-linear"], dropout=0.0),
                  data=DataConfig(max_length=64, packing=True),
@@ -174,13 +174,13 @@ def test_load_model_recomputes_only_without_gradient_checkpointing(tmp_path, che
 
 
 def test_packed_attention_output_is_recomputed_from_the_blocks(tmp_path):
-    """"sdpa_packed" (train/packed_attention.py) concatenates the blocks' outputs for o_proj, which keeps that copy:
+    """"sdpa_packed" (train/kernels/packed_attention.py) concatenates the blocks' outputs for o_proj, which keeps that copy:
     under `recomputing()` it is recomputed from the blocks' outputs SDPA keeps. Loss and gradients bit-identical;
     the forward pass leaves exactly one attention output (hidden width) per token and layer fewer allocated."""
-    from train.packed_attention import PACKED_SDPA, register
+    from train.kernels.packed_attention import PACKED_SDPA, register
 
     register()
-    model = _lora(_load(build_tiny_model_dir(tmp_path / "llama", hidden=256)))
+    model = _lora(_load(tiny_model_dir(tmp_path / "llama", hidden=256)))
     model.set_attn_implementation(PACKED_SDPA)
     torch.manual_seed(0)
     lengths = [200, 150, 130]  # three samples packed in each of two rows (large enough that the notes are noise)
@@ -210,9 +210,9 @@ def test_lean_lora_forward_gives_peft_bits(tmp_path, dropout):
     included, same random stream); a disabled adapter falls back to peft and gives the base model."""
     from peft import LoraConfig, get_peft_model
 
-    from train.model import lean_lora_layers
+    from train.kernels.lean_lora import lean_lora_layers
 
-    base = _load(build_tiny_model_dir(tmp_path / "llama"))
+    base = _load(tiny_model_dir(tmp_path / "llama"))
     models = []
     for lean in (False, True):
         torch.manual_seed(1)

@@ -18,8 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny_model import build_tiny_model_dir, write_tiny_recipe
-from train.trainer import CHECKPOINT_MARKER, read_metrics
+from launch.assets import tiny_model_dir
+from tests.tiny_model import write_tiny_recipe
+from train.callbacks import read_metrics
+from train.checkpoints import CHECKPOINT_MARKER
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 4
@@ -29,7 +31,7 @@ STEPS = 4
 def work(tmp_path_factory):
     """A tiny Llama, 32 conversations, a LoRA recipe (global batch 4, constant LR) and a shared data cache."""
     root = tmp_path_factory.mktemp("scale")
-    recipe = write_tiny_recipe(root, build_tiny_model_dir(root / "llama"), max_steps=STEPS, per_device_batch_size=4)
+    recipe = write_tiny_recipe(root, tiny_model_dir(root / "llama"), max_steps=STEPS, per_device_batch_size=4)
     (root / "tmp").mkdir()
     return root, recipe
 
@@ -342,7 +344,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(work, tmp_pat
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _fake_checkpoint(out: Path, step: int, complete: bool) -> Path:
-    from train.trainer import mark_complete
+    from train.checkpoints import mark_complete
 
     p = out / f"checkpoint-{step}"
     p.mkdir(parents=True)
@@ -354,7 +356,8 @@ def _fake_checkpoint(out: Path, step: int, complete: bool) -> Path:
 
 def test_resume_picks_newest_complete_and_rotation_never_removes_it(tmp_path):
     from train.config import load_config
-    from train.trainer import complete_checkpoints, discard_incomplete_checkpoints, resume_checkpoint, rotate_checkpoints
+    from train.checkpoints import (complete_checkpoints, discard_incomplete_checkpoints, resume_checkpoint,
+                                   rotate_checkpoints)
 
     out = tmp_path / "out"
     for step, complete in [(2, True), (4, True), (6, True), (8, False)]:

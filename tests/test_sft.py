@@ -13,16 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny_model import build_tiny_model_dir, write_tiny_recipe
+from launch.assets import tiny_model_dir
+from tests.tiny_model import write_tiny_recipe
 from train.config import load_config
-from train.trainer import read_metrics
+from train.callbacks import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "llama")
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 @pytest.fixture()
@@ -240,14 +241,14 @@ def test_wandb_offline_run_records_metrics_without_secrets(recipe, tmp_path):
 
 
 def test_a_process_in_a_process_group_leaves_with_its_exit_code_after_the_exit_handlers(tmp_path):
-    """train/sft.py leave(): without a process group it returns the code; with one (a world of one over gloo here) the
+    """train/errors.py leave(): without a process group it returns the code; with one (a world of one over gloo here) the
     process ends at once with that code, after the atexit handlers and with stdout flushed, and without the
     interpreter teardown (where a gloo thread that wants the GIL aborts the process)."""
     script = f"""
 import atexit, sys
 sys.path.insert(0, {str(REPO)!r})
 import torch.distributed as dist
-from train.sft import leave
+from train.errors import leave
 assert leave(3) == 3  # no process group: an ordinary return
 dist.init_process_group("gloo", init_method="file://{tmp_path}/store", rank=0, world_size=1)
 atexit.register(lambda: open("{tmp_path}/atexit", "w").write("ran"))

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.slurm_cluster import LocalSlurm, SlurmUnavailable
-from tests.tiny_model import build_tiny_model_dir, write_tiny_recipe
-from train.trainer import read_metrics
+from launch.assets import tiny_model_dir
+from tests.tiny_model import write_tiny_recipe
+from train.callbacks import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("slurm-recipe")
-    return write_tiny_recipe(root, build_tiny_model_dir(root / "llama"), max_steps=8, save_steps=4)
+    return write_tiny_recipe(root, tiny_model_dir(root / "llama"), max_steps=8, save_steps=4)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from train.data.packing import Collator, packed_rows
-from train.trainer import LinearCrossEntropy, fusable_output_layer, label_only_loss
+from train.kernels.fused_loss import LinearCrossEntropy, fusable_output_layer, label_only_loss
 
 
 def samples(seed=0):
@@ -89,7 +89,7 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_loss_and_grads():
     """train.gradient_checkpointing (activation checkpointing, non-reentrant, as training_arguments sets it) with the
     label-only loss on packed rows: every decoder layer runs again in the backward pass, and the loss and gradients
     are those without checkpointing."""
-    from train.packed_attention import PACKED_SDPA, register
+    from train.kernels.packed_attention import PACKED_SDPA, register
 
     register()
     config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -117,7 +117,7 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_loss_and_grads():
 
 @pytest.mark.parametrize("rows", [0, 1, 300, 700])  # none, one, and more than one chunk of SummedCrossEntropy.ROWS
 def test_summed_cross_entropy_equals_torch_cross_entropy(rows):
-    from train.trainer import SummedCrossEntropy
+    from train.kernels.fused_loss import SummedCrossEntropy
 
     g = torch.Generator().manual_seed(rows)
     logits = (4 * torch.randn(rows, 50, generator=g)).requires_grad_()
@@ -141,7 +141,7 @@ def test_summed_cross_entropy_equals_torch_cross_entropy(rows):
 def test_fused_output_layer_only_where_the_model_uses_its_logits_as_they_are():
     from peft import LoraConfig, get_peft_model
 
-    from train.trainer import fusable_output_layer
+    from train.kernels.fused_loss import fusable_output_layer
 
     config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=4, num_key_value_heads=2)

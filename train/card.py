@@ -10,34 +10,34 @@ from typing import Any, Dict, List, Optional
 from omegaconf import OmegaConf
 
 from train.config import Config, redact, to_dict
+from train.data.report import DataReport
+from train.methods import method_of
 
 
-def write_model_card(cfg: Config, out_dir: Path, report: Dict[str, Any], metrics: Dict[str, Any],
+def write_model_card(cfg: Config, out_dir: Path, report: DataReport, metrics: Dict[str, Any],
                      tokenizer_changes: Optional[Dict[str, Any]] = None, command: Optional[List[str]] = None) -> Path:
     out_dir = Path(out_dir)
     recipe_yaml = OmegaConf.to_yaml(OmegaConf.create(redact(to_dict(cfg))))
-    kind = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit base + LoRA)"}[cfg.method]
-    packing = report.get("packing") or {}
-    lengths = report.get("token_lengths") or {}
-    rejected = (report.get("rejects") or {}).get("by_reason") or {}
+    method = method_of(cfg)
+    lengths = report.token_lengths
     loading = (
         f"from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained(\"{out_dir}\")"
-        if cfg.method != "full" else
+        if method.adapter else
         f"from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out_dir}\")"
     )
     lines = [
         "---",
         f"base_model: {cfg.model.name_or_path}",
-        "library_name: " + ("peft" if cfg.method != "full" else "transformers"),
+        f"library_name: {method.library}",
         "tags: [sft, " + cfg.method + "]",
         "---",
         f"# {out_dir.name}",
         "",
-        f"{kind} of `{cfg.model.name_or_path}`.",
+        f"{method.title} of `{cfg.model.name_or_path}`.",
         "",
         "## Training",
         f"- method: {cfg.method}" + (f" (r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, "
-                                     f"targets={list(cfg.lora.target_modules)})" if cfg.method != "full" else ""),
+                                     f"targets={list(cfg.lora.target_modules)})" if method.adapter else ""),
         f"- steps: {metrics.get('steps')}, world size: {metrics.get('world_size')}, "
         f"runtime: {metrics.get('train_runtime_s')} s",
         f"- final train loss: {metrics.get('train_loss'):.4f}" if metrics.get("train_loss") is not None else "",
@@ -51,14 +51,15 @@ def write_model_card(cfg: Config, out_dir: Path, report: Dict[str, Any], metrics
         f"loss on: {cfg.data.train_on} turns",
         "",
         "## Data",
-        *[f"- `{s['path']}` ({s['format']}, weight {s['weight']}): {s['records']} records" for s in report.get("sources", [])],
-        f"- conversations: {report.get('split', {}).get('train')} train, {report.get('split', {}).get('eval')} eval",
-        f"- duplicates removed: {(report.get('duplicates') or {}).get('exact_removed', 0)} exact, "
-        f"{(report.get('duplicates') or {}).get('near_removed', 0)} near",
-        f"- rejected records by reason: {json.dumps(rejected, ensure_ascii=False) if rejected else 'none'}",
+        *[f"- `{s['path']}` ({s['format']}, weight {s['weight']}): {s['records']} records" for s in report.sources],
+        f"- conversations: {report.train_conversations} train, {report.eval_conversations} eval",
+        f"- duplicates removed: {report.duplicates.get('exact_removed', 0)} exact, "
+        f"{report.duplicates.get('near_removed', 0)} near",
+        f"- rejected records by reason: "
+        f"{json.dumps(report.rejected_by_reason, ensure_ascii=False) if report.rejected else 'none'}",
         f"- token length p50/p95/max: {lengths.get('p50')}/{lengths.get('p95')}/{lengths.get('max')} "
-        f"(max_length {report.get('max_length')})",
-        f"- packing: {'on' if cfg.data.packing else 'off'}, efficiency {packing.get('packing_efficiency', 0):.3f}",
+        f"(max_length {report.max_length})",
+        f"- packing: {'on' if cfg.data.packing else 'off'}, efficiency {report.packing_efficiency:.3f}",
         "",
         "## Use",
         "```python",

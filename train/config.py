@@ -22,8 +22,13 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from train.data.formats import FORMATS
+from train.data.templates import NAMED_TEMPLATES
+from train.errors import UserError
+from train.methods import METHODS
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A mistake in a recipe or an override. The message names the key and says how to fix it."""
 
 
@@ -145,13 +150,12 @@ class EvalConfig:
 @dataclass
 class SaveConfig:
     merged: bool = False  # also write the LoRA-merged full model to <output_dir>/merged
-    safe_serialization: bool = True
 
 
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: str = "lora"  # full | lora | qlora
+    method: str = "lora"  # full | lora | qlora (train/methods.py)
     lora: LoraSettings = field(default_factory=LoraSettings)
     qlora: QLoraSettings = field(default_factory=QLoraSettings)
     data: DataConfig = field(default_factory=DataConfig)
@@ -163,7 +167,7 @@ class Config:
 
 
 CHOICES: Dict[str, tuple] = {
-    "method": ("full", "lora", "qlora"),
+    "method": METHODS,  # the names of train/methods.py's table
     "model.dtype": ("float32", "bfloat16", "float16"),
     "qlora.quant_type": ("nf4", "fp4"),
     "qlora.compute_dtype": ("float32", "bfloat16", "float16"),
@@ -171,11 +175,11 @@ CHOICES: Dict[str, tuple] = {
     "lora.bias": ("none", "all", "lora_only"),
     "data.overlong": ("drop", "split", "split_all"),
     "data.on_error": ("raise", "skip"),
-    "data.template": ("auto", "tokenizer", "llama3", "qwen3", "gemma", "exaone", "chatml"),
+    "data.template": ("auto", "tokenizer", *NAMED_TEMPLATES),
     "data.train_on": ("assistant", "last_assistant", "all"),
     "data.dedup": ("none", "exact", "near"),
-    "data.sources.*.format": ("auto", "messages", "alpaca", "raft", "columns", "qa", "keywords"),
-    "data.eval_sources.*.format": ("auto", "messages", "alpaca", "raft", "columns", "qa", "keywords"),
+    "data.sources.*.format": ("auto", *FORMATS),
+    "data.eval_sources.*.format": ("auto", *FORMATS),
     "train.sampler": ("balanced", "random"),
     "train.lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup"),
     "tracking.wandb_mode": ("online", "offline", "disabled"),
@@ -405,12 +409,12 @@ def validate(cfg: Config, where: str = "config") -> None:
             fail(f"data.role_aliases.{alias}", f"maps to '{role}', which is not one of system, user, assistant")
 
     # combinations
-    if cfg.method == "qlora":
-        if cfg.model.dtype == "float32" and cfg.qlora.compute_dtype != "float32":
-            pass  # allowed: fp32 master, low-precision compute
-    if cfg.method == "full" and cfg.save.merged:
-        fail("save.merged", "only applies to method=lora or qlora (full fine-tuning already saves full weights)")
-    if cfg.data.add_tokens and cfg.method in ("lora", "qlora"):
+    method = METHODS[cfg.method]
+    if cfg.save.merged and not method.mergeable:
+        fail("save.merged", f"only applies to methods that train an adapter "
+             f"({', '.join(m.name for m in METHODS.values() if m.mergeable)}); method={cfg.method} already saves "
+             f"full weights")
+    if cfg.data.add_tokens and method.adapter:
         needed = {"embed_tokens", "lm_head"}
         if not needed <= set(cfg.lora.modules_to_save):
             fail("data.add_tokens", "new tokens need trainable embeddings under LoRA: set "

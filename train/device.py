@@ -99,3 +99,8 @@ def eval_device_map(cuda_available: bool, local_rank: int = 0) -> Optional[dict]
     """Where `python -m launch eval` loads a model: the whole model on the local GPU ({"": index}) when CUDA is
     available, else None (the CPU)."""
     return {"": local_rank} if cuda_available else None
+
+
+def distributed_env(env: Mapping[str, str] = os.environ) -> tuple:
+    """(rank, local_rank, world_size) as set by accelerate launch / torchrun, before any process group exists."""
+    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))

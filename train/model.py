@@ -12,8 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from train.config import Config, resolved_quant_storage
-from train.instance_forward import bind_forward
-from train.recompute import recompute_activations
+from train.methods import method_of
+from train.kernels.lean_lora import lean_lora_layers
+from train.kernels.recompute import recompute_activations
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -24,7 +25,7 @@ def load_tokenizer(cfg: Config):
 
 
 def quantization_config(cfg: Config) -> Optional[BitsAndBytesConfig]:
-    if cfg.method != "qlora":
+    if not method_of(cfg).quantized_base:
         return None
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -77,7 +78,7 @@ def resize_for_tokenizer(model: PreTrainedModel, tokenizer) -> int:
 def apply_lora(model: PreTrainedModel, cfg: Config) -> PreTrainedModel:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if cfg.method == "qlora":
+    if method_of(cfg).quantized_base:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = cfg.lora.target_modules
@@ -89,43 +90,13 @@ def apply_lora(model: PreTrainedModel, cfg: Config) -> PreTrainedModel:
         bias=cfg.lora.bias,
         modules_to_save=list(cfg.lora.modules_to_save) or None,
         task_type="CAUSAL_LM",
+        **method_of(cfg).lora_options,
     )
     model = get_peft_model(model, lora)
     lean_lora_layers(model)
     if cfg.train.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
-
-
-def lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """peft's LoRA Linear forward for its common case (one active unmerged plain adapter), with the adapter's update
-    scaled and added in place: peft computes `result + lora_B(lora_A(dropout(x))) * scaling` out of place, two more
-    output-sized tensors per layer and call. Same operations in the same order, so the same bits
-    (tests/test_recompute.py). Anything else (several or disabled adapters, DoRA and other variants, extra arguments)
-    takes peft's own forward."""
-    active = self.active_adapters
-    if args or kwargs or self.disable_adapters or self.merged or len(active) != 1 or active[0] not in self.lora_A \
-            or active[0] in self.lora_variant:
-        return type(self).forward(self, x, *args, **kwargs)
-    name = active[0]
-    result = self.base_layer(x)  # a frozen Linear keeps its input, not its output: the output may change in place
-    lora_A = self.lora_A[name]
-    update = self.lora_B[name](lora_A(self.lora_dropout[name](self._cast_input_dtype(x, lora_A.weight.dtype))))
-    if update.dtype != result.dtype:  # as peft: promoted sum, back to the base layer's dtype
-        return (result + update * self.scaling[name]).to(result.dtype)
-    return result.add_(update.mul_(self.scaling[name]))
-
-
-def lean_lora_layers(model: torch.nn.Module) -> int:
-    """Give peft's LoRA Linear layers (plain torch.nn.Linear bases) `lean_lora_forward`; returns how many."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-
-    changed = 0
-    for module in model.modules():
-        if type(module) is LoraLinear and type(module.base_layer) is torch.nn.Linear and "forward" not in vars(module):
-            bind_forward(module, lean_lora_forward)
-            changed += 1
-    return changed
 
 
 def load_model(cfg: Config, tokenizer) -> PreTrainedModel:
@@ -138,17 +109,17 @@ def load_model(cfg: Config, tokenizer) -> PreTrainedModel:
     model.config.use_cache = False  # no KV cache while training; generation turns it back on
     select_attention(model, cfg)
     if not cfg.train.gradient_checkpointing:  # with checkpointing a layer keeps none of its MLP's activations anyway
-        recompute_activations(model)  # gated MLPs and RMSNorms: recomputed in backward, not kept (train/recompute.py)
-    if cfg.method in ("lora", "qlora"):
+        recompute_activations(model)  # gated MLPs and RMSNorms: recomputed in backward, not kept (train/kernels/recompute.py)
+    if method_of(cfg).adapter:
         model = apply_lora(model, cfg)
     return model
 
 
 def select_attention(model: PreTrainedModel, cfg: Config) -> str:
-    """Packed rows with SDPA train with attention per sample (train/attention.py: per-sample SDPA on a CPU; on a GPU
+    """Packed rows with SDPA train with attention per sample (train/kernels/attention.py: per-sample SDPA on a CPU; on a GPU
     FlashAttention when installed, else PyTorch's varlen kernel); every other case keeps `model.attn_implementation`.
     Returns the implementation in use."""
-    from train.packed_attention import choose_attention
+    from train.kernels.packed_attention import choose_attention
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     chosen = choose_attention(cfg.model.attn_implementation, cfg.data.packing, device, model.config, cfg.model.dtype)

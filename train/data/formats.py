@@ -38,9 +38,10 @@ import difflib
 import hashlib
 import json
 import random
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from train.config import DataConfig, DataSource
+if TYPE_CHECKING:  # the schema imports this module for its format names
+    from train.config import DataConfig, DataSource
 
 ROLES = ("system", "user", "assistant")
 FORMATS = ("messages", "alpaca", "raft", "columns", "qa", "keywords")

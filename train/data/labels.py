@@ -30,10 +30,10 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple, Union
 
 from train.config import DataConfig
+from train.data import IGNORE_INDEX
 from train.data.encoding import ConversationEncoder, Encoded
 from train.data.templates import TemplateLayout, render, template_layout
 
-IGNORE = -100
 
 
 def _variants(content: str, role: str) -> List[str]:
@@ -189,7 +189,7 @@ def _labelled(encoding: Encoded, n_chars: int, spans: List[Tuple[int, int]], lay
         elif not ids or ids[0] != bos:
             ids, shift = [bos] + ids, 1
 
-    labels = [IGNORE] * len(ids)
+    labels = [IGNORE_INDEX] * len(ids)
     chosen = spans[-1:] if data.train_on == "last_assistant" else spans
     trained_assistant = 0
     for start, end in chosen:
@@ -200,8 +200,8 @@ def _labelled(encoding: Encoded, n_chars: int, spans: List[Tuple[int, int]], lay
     if data.train_on == "all":
         labels = list(ids)
     if labels:
-        labels[0] = IGNORE
-    if trained_assistant == 0 or labels.count(IGNORE) == len(labels):
+        labels[0] = IGNORE_INDEX
+    if trained_assistant == 0 or labels.count(IGNORE_INDEX) == len(labels):
         return (f"no assistant token is labelled (data.train_on={data.train_on}); the sample would train on nothing. "
                 f"Check that the conversation has a non-empty assistant reply")
     return {"input_ids": ids, "labels": labels}

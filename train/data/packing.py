@@ -24,7 +24,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-IGNORE = -100
+from train.data import IGNORE_INDEX
+
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -63,13 +64,13 @@ def handle_overlong(samples: List[dict], max_length: int, mode: str) -> Tuple[Li
         if mode == "drop":
             counts["dropped"] += 1
             counts["tokens_lost"] += len(ids)
-            counts["label_tokens_lost"] += sum(1 for x in labels[1:] if x != IGNORE)
+            counts["label_tokens_lost"] += sum(1 for x in labels[1:] if x != IGNORE_INDEX)
             continue
         for start, stop in _chunk_bounds(len(ids), max_length):
             chunk_labels = list(labels[start:stop])
-            chunk_labels[0] = IGNORE  # first token of a chunk: context only (it is the previous chunk's last token)
+            chunk_labels[0] = IGNORE_INDEX  # first token of a chunk: context only (it is the previous chunk's last token)
             new_tokens = stop - start - (1 if start > 0 else 0)
-            if all(x == IGNORE for x in chunk_labels):
+            if all(x == IGNORE_INDEX for x in chunk_labels):
                 counts["chunks_without_labels"] += 1
                 if mode == "split":
                     counts["dropped"] += 1
@@ -183,7 +184,7 @@ def packed_rows(samples: List[dict], bins: Sequence[Sequence[int]]) -> List[dict
             s = samples[i]
             n = len(s["input_ids"])
             ids.extend(s["input_ids"])
-            labels.append(IGNORE)
+            labels.append(IGNORE_INDEX)
             labels.extend(s["labels"][1:n])
             positions.extend(range(n))
         rows.append({"input_ids": ids, "labels": labels, "position_ids": positions})
@@ -255,7 +256,7 @@ class Collator:
             n = len(f["input_ids"])
             pad = width - n
             input_ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
-            labels.append(list(f["labels"]) + [IGNORE] * pad)
+            labels.append(list(f["labels"]) + [IGNORE_INDEX] * pad)
             if self.packing:
                 own = list(f["position_ids"]) if "position_ids" in f else list(range(n))
                 positions.append(own + list(range(pad)))
@@ -291,7 +292,7 @@ def packing_stats(rows: Sequence[dict], max_length: int) -> dict:
     slots a fixed-size batch of max_length rows would spend on padding)."""
     n_rows = len(rows)
     tokens = sum(len(r["input_ids"]) for r in rows)
-    label_tokens = sum(sum(1 for x in r["labels"] if x != IGNORE) for r in rows)
+    label_tokens = sum(sum(1 for x in r["labels"] if x != IGNORE_INDEX) for r in rows)
     slots = n_rows * max_length
     efficiency = tokens / slots if slots else 0.0
     return {"rows": n_rows, "tokens": tokens, "label_tokens": label_tokens, "max_length": max_length,

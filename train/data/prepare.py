@@ -33,10 +33,11 @@ from train.config import Config, DataConfig, DataSource, to_dict
 from train.data.encoding import ConversationEncoder
 from train.data.formats import RecordError, to_messages
 from train.data.labels import template_strings, tokenize_conversations
-from train.data.packing import IGNORE, handle_overlong, pack_bfd
+from train.data import IGNORE_INDEX
+from train.data.packing import handle_overlong, pack_bfd
 from train.data.quality import (DataError, Rejects, exact_duplicates, length_percentiles, near_duplicates, normalize,
                                  raise_or_count, split_train_eval)
-from train.data.report import write_report
+from train.data.report import DataReport, write_report
 from train.data.sources import iter_raw_records, mix_indices, resolve_files
 from train.data.templates import template_layout
 
@@ -49,7 +50,7 @@ TRAIN_FILE, EVAL_FILE = "train.arrow", "eval.arrow"  # the rows, written once by
 class PreparedData:
     train: datasets.Dataset
     eval: Optional[datasets.Dataset]
-    report: Dict[str, Any]
+    report: DataReport
     path: Path
 
 
@@ -277,7 +278,7 @@ def _write_rows(sources, item_source: np.ndarray, item_row: np.ndarray, bins: Li
         ids, labels, lengths = _gather(tables, item_source[members], item_row[members])
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)  # each member's first token
         if packing:
-            labels[starts] = IGNORE
+            labels[starts] = IGNORE_INDEX
         member_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         row_offsets = pa.array(member_offsets[np.concatenate([[0], np.cumsum(row_sizes)])], pa.int32())
         out = {"input_ids": ids, "labels": labels}
@@ -332,7 +333,7 @@ def row_stats(rows: datasets.Dataset, max_length: int) -> Dict[str, Any]:
     for batch in table.to_batches():
         tokens += int(pc.sum(pc.list_value_length(batch.column("input_ids"))).as_py() or 0)
         flat = pc.list_flatten(batch.column("labels"))
-        label_tokens += int(pc.sum(pc.not_equal(flat, IGNORE).cast("int64")).as_py() or 0)
+        label_tokens += int(pc.sum(pc.not_equal(flat, IGNORE_INDEX).cast("int64")).as_py() or 0)
     n_rows = len(rows)
     slots = n_rows * max_length
     efficiency = tokens / slots if slots else 0.0
@@ -341,7 +342,7 @@ def row_stats(rows: datasets.Dataset, max_length: int) -> Dict[str, Any]:
             "padding_fraction": round(1.0 - efficiency, 6) if slots else 0.0}
 
 
-def build(cfg: Config, tokenizer, out: Path) -> Dict[str, Any]:
+def build(cfg: Config, tokenizer, out: Path) -> DataReport:
     """Run every stage and write the dataset and report into `out` (a fresh folder)."""
     data, seed = cfg.data, cfg.train.seed
     workdir = out / "_work"
@@ -413,22 +414,22 @@ def build(cfg: Config, tokenizer, out: Path) -> Dict[str, Any]:
 
     token_lengths = length_percentiles(lengths)
     token_lengths.update(max_length=data.max_length, over_max_length=int((lengths > data.max_length).sum()))
-    report = {
-        "sources": [{"path": s.path, "format": s.format, "weight": s.weight, "records": per_source[i]}
-                    for i, s in enumerate(cfg.data.sources)],
-        "rejects": rejects.to_dict(),
-        "duplicates": {"mode": data.dedup, "exact_removed": n_exact, "near_removed": n_near,
-                       **({"threshold": data.near_dup_threshold} if data.dedup == "near" else {})},
-        "overlong": {"mode": data.overlong, **train_counts["overlong"]},
-        "split": {"train": len(train_conv), "eval": len(eval_conv) if eval_conv is not None else 0,
-                  "eval_from": "data.eval_sources" if data.eval_sources else f"validation_split {data.validation_split}"},
-        "token_lengths": token_lengths,
-        "packing": {"enabled": data.packing, **train_counts["packing"]},
-        "eval_packing": eval_counts["packing"] if eval_counts else None,
-        "max_length": data.max_length,
-        "seconds": round(time.time() - t0, 2),
-    }
-    (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    report = DataReport(
+        sources=[{"path": s.path, "format": s.format, "weight": s.weight, "records": per_source[i]}
+                 for i, s in enumerate(cfg.data.sources)],
+        rejects=rejects.to_dict(),
+        duplicates={"mode": data.dedup, "exact_removed": n_exact, "near_removed": n_near,
+                    **({"threshold": data.near_dup_threshold} if data.dedup == "near" else {})},
+        overlong={"mode": data.overlong, **train_counts["overlong"]},
+        split={"train": len(train_conv), "eval": len(eval_conv) if eval_conv is not None else 0,
+               "eval_from": "data.eval_sources" if data.eval_sources else f"validation_split {data.validation_split}"},
+        token_lengths=token_lengths,
+        packing={"enabled": data.packing, **train_counts["packing"]},
+        eval_packing=eval_counts["packing"] if eval_counts else None,
+        max_length=data.max_length,
+        seconds=round(time.time() - t0, 2),
+    )
+    (out / "report.json").write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=2), encoding="utf-8")
     (out / "lengths.json").write_text(json.dumps(lengths.tolist()))
     del train_rows, eval_rows, train_tok, conversations, train_conv, eval_conv
     shutil.rmtree(workdir, ignore_errors=True)
@@ -458,7 +459,7 @@ def load_or_build(cfg: Config, tokenizer, is_main: bool = True, wait_timeout_s: 
                     raise DataError("cache_timeout", f"waited {wait_timeout_s:.0f}s for rank 0 to prepare {path}",
                                     "Run `python -m launch prepare --config <recipe>` before launching")
                 time.sleep(2)
-    report = json.loads((path / "report.json").read_text(encoding="utf-8"))
+    report = DataReport.from_dict(json.loads((path / "report.json").read_text(encoding="utf-8")))
     train = datasets.Dataset.from_file(str(path / TRAIN_FILE))  # memory-mapped, not loaded
     eval_ds = datasets.Dataset.from_file(str(path / EVAL_FILE)) if (path / EVAL_FILE).exists() else None
     return PreparedData(train=train, eval=eval_ds, report=report, path=path)
@@ -466,4 +467,4 @@ def load_or_build(cfg: Config, tokenizer, is_main: bool = True, wait_timeout_s: 
 
 def write_reports(prepared: PreparedData, out_dir: Path) -> Dict[str, Path]:
     lengths = json.loads((prepared.path / "lengths.json").read_text())
-    return write_report(prepared.report, Path(out_dir), lengths, prepared.report["max_length"])
+    return write_report(prepared.report, Path(out_dir), lengths, prepared.report.max_length)

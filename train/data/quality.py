@@ -16,6 +16,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from train.data.formats import RecordError, describe
+from train.errors import UserError
 
 EXAMPLES_PER_REASON = 5
 
@@ -27,7 +28,7 @@ def where(file: str, line: Optional[int], unit: Optional[str] = None) -> str:
     return f"{file}:{line}" if unit in (None, "line") else f"{file}:{unit} {line}"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad data a user can fix. str(e) = '<file>:<line>: <field>: <what is wrong>. <how to fix>'."""
 
     def __init__(self, reason: str, problem: str, hint: str = "", file: Optional[str] = None,

@@ -1,34 +1,93 @@
-"""Write the data report of `prepare`: data_report.json, data_report.md and data_length_histogram.png.
+"""The data report of `prepare`: what came in, what was rejected or removed and why, the token lengths and the packing.
 
-The report is a plain dict built by the preparation step. Sections this module knows how to present (all optional):
+`DataReport` is what the preparation builds (train/data/prepare.py) and what the rest of a run reads: train/sft.py
+(row and conversation counts), the memory check (the share of labelled tokens, the longest sample), the model card
+and `python -m launch prepare`. Its sections stay plain mappings, as they are written to data_report.json:
 
-    sources        list of dicts, one per source, e.g. {path, format, weight, records, accepted, rejected, in_mixture}
+    sources        one per source: {path, format, weight, records}
     rejects        Rejects.to_dict(): {total, by_reason: {reason: count}, examples: {reason: ["file:line: ..."]}}
-    duplicates     e.g. {mode: near, threshold: 0.9, exact_removed: 3, near_removed: 5}
-    overlong       e.g. {mode: drop, samples: 4, dropped: 4, tokens_dropped: 9120} or {mode: split, split_into: 9}
-    split          e.g. {train: 950, eval: 50, eval_from: validation_split 0.05}
-    token_lengths  length_percentiles(...); computed here from `lengths` when absent
-    packing        e.g. {efficiency: 0.993, rows: 120, padding_fraction: 0.007}
+    duplicates     {mode, exact_removed, near_removed[, threshold]}
+    overlong       {mode, overlong, dropped, split_into, tokens_lost, label_tokens_lost, chunks_without_labels}
+    split          {train, eval, eval_from}
+    token_lengths  length_percentiles(...) plus max_length and over_max_length
+    packing        {enabled, rows, tokens, label_tokens, max_length, packing_efficiency, padding_fraction}
 
-Any other key is shown under "Settings and other values". The JSON file holds the dict as given plus token_lengths.
+`write_report` writes data_report.json, data_report.md and data_length_histogram.png.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from train.data.quality import length_percentiles
 
 KNOWN_SECTIONS = ("sources", "rejects", "duplicates", "overlong", "split", "token_lengths", "packing")
 
 
-def write_report(report: dict, out_dir: Path, lengths: Sequence[int], max_length: int) -> Dict[str, Path]:
+@dataclass
+class DataReport:
+    sources: List[Dict[str, Any]] = field(default_factory=list)
+    rejects: Dict[str, Any] = field(default_factory=dict)
+    duplicates: Dict[str, Any] = field(default_factory=dict)
+    overlong: Dict[str, Any] = field(default_factory=dict)
+    split: Dict[str, Any] = field(default_factory=dict)
+    token_lengths: Dict[str, Any] = field(default_factory=dict)
+    packing: Dict[str, Any] = field(default_factory=dict)
+    eval_packing: Optional[Dict[str, Any]] = None
+    max_length: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "DataReport":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def train_conversations(self) -> int:
+        return int(self.split.get("train", 0))
+
+    @property
+    def eval_conversations(self) -> int:
+        return int(self.split.get("eval", 0))
+
+    @property
+    def rejected(self) -> int:
+        return int(self.rejects.get("total", 0))
+
+    @property
+    def rejected_by_reason(self) -> Dict[str, int]:
+        return dict(self.rejects.get("by_reason") or {})
+
+    @property
+    def packing_efficiency(self) -> float:
+        return float(self.packing.get("packing_efficiency", 0.0))
+
+    @property
+    def longest_sample(self) -> Optional[int]:
+        return self.token_lengths.get("max")
+
+    def label_fraction(self, row_length: Optional[int] = None) -> float:
+        """Share of the token slots of the prepared rows (of `row_length`, default data.max_length) that carry a
+        label; 1.0 when unknown."""
+        rows, labels = self.packing.get("rows"), self.packing.get("label_tokens")
+        width = row_length or self.packing.get("max_length")
+        if not rows or not width or labels is None:
+            return 1.0
+        return min(1.0, labels / (rows * width))
+
+
+def write_report(report: "DataReport | dict", out_dir: Path, lengths: Sequence[int],
+                 max_length: int) -> Dict[str, Path]:
     """Write the three report files into out_dir and return their paths {'json', 'markdown', 'histogram'}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = dict(report)
+    report = report.to_dict() if isinstance(report, DataReport) else dict(report)
     lengths = [int(n) for n in lengths]
     if "token_lengths" not in report:
         stats = length_percentiles(lengths)

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from tokenizers import AddedToken
 
-from train.config import DataConfig
+from train.errors import UserError
+
+if TYPE_CHECKING:  # the schema imports this module for its template names
+    from train.config import DataConfig
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Built-in templates, copied from the official tokenizer_config.json files (outputs are byte-identical; the tests render
@@ -211,7 +214,7 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>", "[PAD]"
 NEW_PAD_TOKEN = "<|pad|>"
 
 
-class TemplateError(RuntimeError):
+class TemplateError(UserError, RuntimeError):
     """The chosen chat template cannot be used (a setting to fix, not a bad record). The message says how to fix it."""
 
 

@@ -7,9 +7,9 @@ of the samples' squares. So packed rows with sdpa train with an attention per sa
 
 | where | implementation | kernel |
 | --- | --- | --- |
-| CPU | "sdpa_packed" (train/packed_attention.py) | causal SDPA on each sample's block |
+| CPU | "sdpa_packed" (train/kernels/packed_attention.py) | causal SDPA on each sample's block |
 | GPU, `flash_attn` installed, 16-bit | "flash_attention_2" (transformers) | FlashAttention varlen, cu_seq_lens from the collator |
-| GPU otherwise | "varlen_packed" (train/packed_attention.py) | PyTorch's varlen_attn (FlashAttention inside PyTorch) for 16-bit; else flex_attention with a document mask; else causal SDPA per sample |
+| GPU otherwise | "varlen_packed" (train/kernels/packed_attention.py) | PyTorch's varlen_attn (FlashAttention inside PyTorch) for 16-bit; else flex_attention with a document mask; else causal SDPA per sample |
 
 Key/value heads stay unexpanded (GQA) in every one of them. Padded (unpacked) batches, eager, flex_attention and the
 FlashAttention / hub-kernel implementations asked for by name stay as configured. FlashAttention asked for by name

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 from train.config import ConfigError
-from train.model_shape import PlanError, read_shape
-from train.plan import GIB, GPUS, REPO, Assumptions, Hardware, Plan, format_gib, make_plan, render, strategy_label
+from train.data.report import DataReport
+from train.methods import method_of
+from train.plan.shape import PlanError, read_shape
+from train.paths import GIB, REPO
+from train.plan.planner import GPUS, Assumptions, Hardware, Plan, format_gib, make_plan, render, strategy_label
 
 
 class MemoryPlanError(ConfigError):
@@ -61,18 +64,7 @@ def this_machine(env) -> Hardware:
                     gpu="CPU", tflops=1.0, device="cpu")
 
 
-def label_fraction(report: Optional[dict], row_length: Optional[int] = None) -> float:
-    """Share of the token slots of the prepared rows (of `row_length`, default data.max_length) that carry a label,
-    from the data report (packing.label_tokens); 1.0 when unknown."""
-    packing = (report or {}).get("packing") or {}
-    rows, labels = packing.get("rows"), packing.get("label_tokens")
-    width = row_length or packing.get("max_length")
-    if not rows or not width or labels is None:
-        return 1.0
-    return min(1.0, labels / (rows * width))
-
-
-def check_memory(cfg, data_report: Optional[dict] = None, vocab: Optional[int] = None, env=None,
+def check_memory(cfg, data_report: Optional[DataReport] = None, vocab: Optional[int] = None, env=None,
                  hw: Optional[Hardware] = None) -> Optional[Plan]:
     """Plan this process's run and raise MemoryPlanError (train/sft.py: exit code 2) when it is predicted not to fit,
     with the plan and the nearest setting that fits. `train.memory_check: false` skips it. On a CPU the budget is
@@ -88,13 +80,13 @@ def check_memory(cfg, data_report: Optional[dict] = None, vocab: Optional[int] =
         return None
     if vocab and vocab > shape.vocab:  # tokens added to the vocabulary grow the embeddings and the logits
         shape = replace(shape, vocab=vocab)
-    longest = ((data_report or {}).get("token_lengths") or {}).get("max")
+    longest = data_report.longest_sample if data_report else None
     if not cfg.data.packing and longest and longest < cfg.data.max_length:  # unpacked rows are padded only to the
         cfg = copy.deepcopy(cfg)  # longest sample of their batch: plan rows of the longest sample there is
         cfg.data.max_length = int(longest)
     hw = hw or this_machine(env)
     strategy = launched_strategy(env)
-    a = Assumptions(label_fraction=label_fraction(data_report, cfg.data.max_length))
+    a = Assumptions(label_fraction=data_report.label_fraction(cfg.data.max_length) if data_report else 1.0)
     plan = make_plan(shape, cfg, hw, a, requested_strategy=strategy)
     e = plan.requested.estimate
     unit = "GPU" if hw.device == "cuda" else "process (CPU RAM)"
@@ -119,7 +111,7 @@ def check_memory(cfg, data_report: Optional[dict] = None, vocab: Optional[int] =
               "--gpus-per-node N --gpu h100 shows what fits there)"
     else:
         more = f"at least {plan.min_gpus} GPUs of this size, " if plan.min_gpus else ""
-        lighter = {"full": "method=lora", "lora": "method=qlora"}.get(cfg.method)
+        lighter = f"method={method_of(cfg).lighter}" if method_of(cfg).lighter else None
         fix = f"nothing fits on {hw.world} GPU(s): use {more}{'or ' + lighter + ', ' if lighter else ''}or larger GPUs"
     raise MemoryPlanError(
         f"the memory plan predicts {format_gib(e.total)} GiB per {unit} but {e.limit / GIB:.1f} GiB are available "

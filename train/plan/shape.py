@@ -1,5 +1,5 @@
 """What a model is, from its config.json alone (no weights): the decoder's shape, its parameter count and the
-parameters LoRA adds. The memory planner (train/plan.py) prices these.
+parameters LoRA adds. The memory planner (train/plan/planner.py) prices these.
 
     shape = read_shape("llama3-8b")       # a config.json, a model folder, a name in configs/models/, or a hub id
     shape.parameters().total              # 8_030_261_248, as transformers' own model on the meta device
@@ -17,10 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+from train.errors import UserError
+from train.methods import method_of
+from train.paths import MODELS_DIR
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """A model or setting the planner cannot use; the message says which and how to fix it."""
 
 
@@ -258,7 +260,7 @@ def modules_to_save_parameters(shape: ModelShape, modules) -> int:
 
 
 def trainable_parameters(shape: ModelShape, cfg) -> int:
-    if cfg.method == "full":
+    if method_of(cfg).trains_base:
         return shape.exact_parameters or shape.parameters().total
     return lora_parameters(shape, cfg.lora.r, cfg.lora.target_modules) + \
         modules_to_save_parameters(shape, cfg.lora.modules_to_save)

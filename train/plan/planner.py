@@ -1,11 +1,11 @@
 """Memory and throughput planner: will a run fit, with which strategy, micro-batch and gradient accumulation, and how
 fast will it go, before any weight is loaded.
 
-    shape = read_shape("configs/models/llama3-8b.json")      # train/model_shape.py: config.json only, no weights
+    shape = read_shape("configs/models/llama3-8b.json")      # train/plan/shape.py: config.json only, no weights
     p = make_plan(shape, cfg, hardware("h100", gpus_per_node=8))   # cfg: a train.config.Config (the recipe)
     print(render(p))
 
-`python -m launch plan` prints it (launch/plan.py); train/sft.py checks a run with it (train/memory_check.py);
+`python -m launch plan` prints it (launch/plan.py); train/sft.py checks a run with it (train/plan/check.py);
 `python -m launch run` takes its accelerate configuration from it (launch/run.py).
 
 What is counted per GPU (bytes), for DDP, ZeRO-2, ZeRO-3, ZeRO-3 with CPU offload and FSDP:
@@ -21,7 +21,7 @@ What is counted per GPU (bytes), for DDP, ZeRO-2, ZeRO-3, ZeRO-3 with CPU offloa
 - activations saved for the backward pass, per decoder layer and token, from what autograd keeps in transformers'
   Llama-style layers (checked tensor by tensor in tests/test_plan.py), with and without gradient checkpointing (without
   it, as the trainer runs: gated MLPs keep two intermediate-width tensors fewer and fp32 RMSNorm outputs are
-  recomputed, train/recompute.py), plus
+  recomputed, train/kernels/recompute.py), plus
   the loss: 12 bytes x vocabulary x label tokens (fp32 logits, log-softmax and their gradients at once);
 - the peak of a step: static memory + the larger of (forward/backward: activations and gradients) and (optimizer
   step: gradients and its temporaries);
@@ -37,16 +37,12 @@ import json
 import math
 import textwrap
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from train.model_shape import ModelShape, PlanError, lora_parameters, lora_targets, trainable_parameters
+from train.methods import METHODS, method_of
+from train.plan.shape import ModelShape, PlanError, lora_parameters, lora_targets, trainable_parameters
 
-REPO = Path(__file__).resolve().parent.parent
-DEEPSPEED_DIR = REPO / "configs" / "deepspeed"
-MFU_FILE = REPO / "configs" / "mfu.json"  # MFU per method: assumed, or measured by scripts/gpu_check.sh per GPU
-GIB = 1024 ** 3
-MIB = 1024 ** 2
+from train.paths import DEEPSPEED_DIR, GIB, MFU_FILE, MIB  # noqa: F401 (GIB: the planner's unit, used by others)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STRATEGIES = ("ddp", "zero2", "zero3", "zero3_offload", "fsdp")
 PREFERENCE = ("ddp", "zero2", "zero3", "fsdp", "zero3_offload")  # least communication first; offload is slowest
@@ -111,13 +107,12 @@ def hardware(gpu: Optional[str] = None, nodes: int = 1, gpus_per_node: int = 1, 
 
 
 def model_flop_utilisation(method: str, gpu_key: str = "") -> Tuple[float, str]:
-    """(MFU, where it comes from) for a method on a GPU, from configs/mfu.json: the value scripts/gpu_check.sh measured
-    on that GPU when there is one, else the file's assumption for the method."""
-    table = json.loads(MFU_FILE.read_text(encoding="utf-8"))
-    measured = (table.get("measured") or {}).get(gpu_key, {}).get(method)
+    """(MFU, where it comes from) for a method on a GPU: what scripts/gpu_check.sh measured on that GPU
+    (configs/mfu.json) when there is a measurement, else the method's assumption (train/methods.py)."""
+    measured = (json.loads(MFU_FILE.read_text(encoding="utf-8")).get("measured") or {}).get(gpu_key, {}).get(method)
     if measured:
         return float(measured["mfu"]), f"measured on {gpu_key} by scripts/gpu_check.sh, {measured.get('date', '?')}"
-    return float(table["assumed"][method]), "assumed (configs/mfu.json; scripts/gpu_check.sh measures it)"
+    return METHODS[method].mfu, "assumed (train/methods.py; scripts/gpu_check.sh measures it, configs/mfu.json)"
 
 
 @dataclass(frozen=True)
@@ -146,7 +141,7 @@ class Assumptions:
             f"{self.cpu_overhead_mib:g} MiB of framework objects",
             f"{self.label_fraction:.0%} of the tokens carry a label (logits are computed only there): the loss peak "
             f"is 12 bytes x vocabulary x label tokens",
-            "sequences are full rows of data.max_length (packing); attention is the one the run uses (train/attention.py: "
+            "sequences are full rows of data.max_length (packing); attention is the one the run uses (train/kernels/attention.py: "
             "per sample for packed rows, no seq x seq matrix, unless attn_implementation=eager)",
             "AdamW states in the parameter dtype (plain PyTorch), in fp32 with fp32 master weights under DeepSpeed and "
             "FSDP; LoRA adapters in fp32 (peft), in the model dtype under DeepSpeed",
@@ -174,11 +169,12 @@ def precision(cfg, hw: Hardware, strategy: str, a: Assumptions) -> Precision:
     dw = DTYPE_BYTES[cfg.model.dtype]
     deepspeed = strategy.startswith("zero")
     autocast = hw.device == "cuda" and dw == 2 and not deepspeed
-    upcast = cfg.method == "qlora" and not deepspeed
+    quantized = method_of(cfg).quantized_base
+    upcast = quantized and not deepspeed
     non_q = DTYPE_BYTES[a.non_quantized_dtype] if a.non_quantized_dtype else (4 if upcast else dw)
     adapter = DTYPE_BYTES[a.adapter_dtype] if a.adapter_dtype else (dw if deepspeed else 4)
-    return Precision(weight=dw, act=2 if autocast else dw, residual=non_q if cfg.method == "qlora" else dw,
-                     norm_out=non_q if cfg.method == "qlora" else dw, adapter=adapter, non_quantized=non_q,
+    return Precision(weight=dw, act=2 if autocast else dw, residual=non_q if quantized else dw,
+                     norm_out=non_q if quantized else dw, adapter=adapter, non_quantized=non_q,
                      autocast=autocast, cuda=hw.device == "cuda")
 
 
@@ -188,9 +184,9 @@ def precision(cfg, hw: Hardware, strategy: str, a: Assumptions) -> Precision:
 
 
 def planned_attention(cfg, device: str) -> str:
-    """The attention implementation a run of this recipe uses on `device` (train/attention.py decides for the run
+    """The attention implementation a run of this recipe uses on `device` (train/kernels/attention.py decides for the run
     too). Where flash_attn would be installed, "flash_attention_2" runs instead of "varlen_packed": the same memory."""
-    from train.attention import choose_attention
+    from train.kernels.attention import choose_attention
 
     return choose_attention(cfg.model.attn_implementation, cfg.data.packing, device, True, cfg.model.dtype,
                             flash_installed=False)
@@ -199,7 +195,7 @@ def planned_attention(cfg, device: str) -> str:
 def native_gqa(cfg, micro_batch: int, attention: str) -> bool:
     """Key/value heads stay unexpanded: the per-sample attentions for packed rows and FlashAttention always; SDPA
     only without an attention mask (transformers' use_gqa_in_sdpa), i.e. one unpacked row per micro-batch."""
-    from train.attention import per_sample
+    from train.kernels.attention import per_sample
 
     if per_sample(attention):
         return True
@@ -220,16 +216,16 @@ def lora_input_bytes(p: Precision, in_bytes: int, dropout: float) -> Optional[in
 def layer_activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: int,
                            recompute: bool = False, attention: Optional[str] = None) -> Dict[str, float]:
     """Per token, one decoder layer: what autograd saves, by part (tests/test_plan.py checks it against the tensors
-    saved_tensors_hooks sees in transformers' Llama and Qwen3 layers). recompute: with train/recompute.py's gated MLP
+    saved_tensors_hooks sees in transformers' Llama and Qwen3 layers). recompute: with train/kernels/recompute.py's gated MLP
     and RMSNorm outputs (the trainer's forward without gradient checkpointing): act(gate) is not kept, nor the
     product read by down_proj or an fp32 norm's output where a linear layer keeps that very tensor. `attention`: the
     implementation that runs (default: `planned_attention` on the precision's device)."""
-    from train.attention import PACKED_SDPA
+    from train.kernels.attention import PACKED_SDPA
 
     attention = attention or planned_attention(cfg, "cuda" if p.cuda else "cpu")
     h, q, kv, inter, heads = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate, shape.heads
     seq = cfg.data.max_length
-    full = cfg.method == "full"
+    full = method_of(cfg).trains_base
     names = shape.module_names
     targets = set() if full else set(lora_targets(shape, cfg.lora.target_modules))
     eager = attention == "eager"
@@ -252,7 +248,7 @@ def layer_activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: in
     # recomputed: the input is a registered tensor (an fp32 norm's output, the MLP's product), not kept when kept as is
     norm_recomputed = recompute and p.residual == 4  # the norm hook registers outputs of fp32 inputs only
     # o_proj reads the attention's output, which the kernel keeps anyway; per-sample SDPA concatenates its blocks'
-    # outputs into a new tensor, which is registered for recomputation (train/packed_attention.py)
+    # outputs into a new tensor, which is registered for recomputation (train/kernels/packed_attention.py)
     o_shared = not eager and attention != PACKED_SDPA
     o_recomputed = attention == PACKED_SDPA and recompute
     groups = [(("q", "k", "v"), h, p.norm_out, False, norm_recomputed), (("o",), q, p.act, o_shared, o_recomputed),
@@ -291,14 +287,14 @@ def activation_bytes(shape: ModelShape, cfg, p: Precision, micro_batch: int, che
         layers = shape.layers * shape.hidden * p.residual * tokens + per_layer * tokens
     else:
         layers = shape.layers * per_layer * tokens
-    full = cfg.method == "full"
+    full = method_of(cfg).trains_base
     head_trainable = full or "lm_head" in cfg.lora.modules_to_save
     labels = a.label_fraction * tokens
     other = tokens * (24 + 4 * shape.hidden + 4 + (p.residual * shape.hidden if full else 0)  # ids, final norm
                       + 2 * shape.head_dim * p.residual)  # rotary cos/sin
     if head_trainable:
         other += labels * shape.hidden * p.norm_out
-    if p.autocast and cfg.method != "full":  # 16-bit copies autocast makes of fp32 weights, kept for backward
+    if p.autocast and method_of(cfg).adapter:  # 16-bit copies autocast makes of fp32 weights, kept for backward
         other += 2 * lora_parameters(shape, cfg.lora.r, cfg.lora.target_modules)
         if p.non_quantized == 4:
             other += 2 * shape.vocab * shape.hidden
@@ -371,7 +367,7 @@ class Estimate:
 
 def method_conflict(strategy: str, cfg) -> str:
     """Why QLoRA cannot run under a strategy with these settings ('' when it can); launch/run.py refuses the same."""
-    if cfg.method != "qlora":
+    if not method_of(cfg).quantized_base:
         return ""
     from train.config import resolved_quant_storage
 
@@ -406,13 +402,13 @@ def trainable_param_bytes(cfg, strategy: str, p: Precision) -> int:
     mixed precision); otherwise the model dtype for full fine-tuning and the adapter dtype for LoRA."""
     if strategy == "fsdp":
         return 4
-    return p.weight if cfg.method == "full" else p.adapter
+    return p.weight if method_of(cfg).trains_base else p.adapter
 
 
 def base_weight_bytes(shape: ModelShape, cfg, p: Precision) -> Tuple[float, float]:
     """(bytes of the frozen base, of which 4-bit) for LoRA/QLoRA; for full fine-tuning the weights are trainable."""
     counts = shape.parameters()
-    if cfg.method != "qlora":
+    if not method_of(cfg).quantized_base:
         return (shape.exact_parameters or counts.total) * p.weight, 0.0
     # one absmax per block of 64 weights: 8-bit plus an fp32 one per 256 blocks (double quantisation), or fp32;
     # per tensor a 16-value code book and, with double quantisation, a 256-value one (bitsandbytes shares some)
@@ -430,7 +426,8 @@ def estimate(shape: ModelShape, cfg, hw: Hardware, strategy: str, micro_batch: i
     counts = shape.parameters()
     total_params = shape.exact_parameters or counts.total
     trainable = trainable_parameters(shape, cfg)
-    full = cfg.method == "full"
+    full = method_of(cfg).trains_base
+    quantized_base = method_of(cfg).quantized_base
     deepspeed = strategy.startswith("zero")
     share = 1 if strategy == "ddp" else n  # gradients and optimizer states are split over the ranks except in DDP
     tp = trainable_param_bytes(cfg, strategy, p)
@@ -455,9 +452,9 @@ def estimate(shape: ModelShape, cfg, hw: Hardware, strategy: str, micro_batch: i
         step_temp = 4 * chunk + 4 * optimizer_step_temporary(cfg.train.optim, hw, chunk, chunk)
         buffers = 2 * min(ds["reduce_bucket_size"], trainable) * p.weight  # two reduce buckets (overlap_comm)
         if strategy in ("zero3", "zero3_offload"):  # parameters gathered for the layers being computed
-            per_param = (base / total_params) if cfg.method == "qlora" else p.weight
+            per_param = (base / total_params) if quantized_base else p.weight
             live = min(ds["stage3_max_live_parameters"], total_params) * per_param
-            head = max(counts.embedding, counts.lm_head) * (p.non_quantized if cfg.method == "qlora" else p.weight)
+            head = max(counts.embedding, counts.lm_head) * (p.non_quantized if quantized_base else p.weight)
             buffers += max(live, head) + ds["stage3_prefetch_bucket_size"] * p.weight
     else:
         largest = max(counts.embedding, counts.lm_head, *(i * o for i, o in dims)) if full \
@@ -466,12 +463,12 @@ def estimate(shape: ModelShape, cfg, hw: Hardware, strategy: str, micro_batch: i
     if strategy == "fsdp":  # unsharded: two layers (current + prefetched, bf16), the root module (embeddings and
         # output layer, the whole step) and, for full fine-tuning, one layer's gradients before their reduce-scatter
         layer = counts.per_layer * (quantised / counts.linear if quantised else 2)
-        root = (counts.embedding + counts.lm_head) * (p.non_quantized if cfg.method == "qlora" else 2)
+        root = (counts.embedding + counts.lm_head) * (p.non_quantized if quantized_base else 2)
         buffers = 2 * layer + root + (counts.per_layer * 2 if full else 0)
     if strategy == "zero3_offload":  # weights, fp32 master weights, states and fp32 gradients live in CPU RAM
         cpu_per_node = (weights + adapters + trainable * (4 + state_per + 4)) / hw.nodes
         weights = adapters = master = states = grads = step_temp = 0.0
-    if cfg.method == "qlora":  # the largest 4-bit weight, dequantised for its matmul
+    if quantized_base:  # the largest 4-bit weight, dequantised for its matmul
         buffers += max(shape.intermediate, shape.q_dim) * shape.hidden * p.act
 
     attention = planned_attention(cfg, hw.device)
@@ -498,7 +495,7 @@ def estimate(shape: ModelShape, cfg, hw: Hardware, strategy: str, micro_batch: i
     else:  # backward frees the activations as it fills the gradients
         forward_backward = max(activations, grads + one_layer)
     peak = static + max(forward_backward, grads + step_temp)
-    if cfg.method == "qlora" and strategy in ("zero3", "fsdp"):  # transformers quantises the whole base onto every
+    if quantized_base and strategy in ("zero3", "fsdp"):  # transformers quantises the whole base onto every
         loading = quantised + counts.non_quantized * p.weight  # GPU first; DeepSpeed / FSDP shard it afterwards
         parts["loading: whole 4-bit base"] = loading
         peak = max(peak, loading)
@@ -526,16 +523,16 @@ def flops_per_token(shape: ModelShape, cfg, checkpointing: bool, a: Assumptions 
     recomputes the forward. Causal attention: 2 x seq x q_dim per layer forward, x3 for training, x4 with
     checkpointing; twice that for an `attention` that computes whole rows under a mask (eager, or SDPA with a mask),
     which does not skip the causal half."""
-    from train.attention import per_sample
+    from train.kernels.attention import per_sample
 
     counts = shape.parameters()
     n = counts.linear + a.label_fraction * shape.vocab * shape.hidden
     causal_kernel = per_sample(attention) or (attention == "sdpa" and not cfg.data.packing)
     attention = (2 if causal_kernel else 4) * cfg.data.max_length * shape.q_dim * shape.layers
-    if cfg.method == "full":
-        matmul = 6 * n
-    else:
-        matmul = 4 * n + 6 * lora_parameters(shape, cfg.lora.r, cfg.lora.target_modules)
+    method = method_of(cfg)
+    matmul = method.matmul_flops * n  # 6N when the weights train, 4N for a frozen base: no weight gradients
+    if method.adapter:
+        matmul += 6 * lora_parameters(shape, cfg.lora.r, cfg.lora.target_modules)
     if checkpointing:
         matmul += 2 * n
     return matmul + attention * (4 if checkpointing else 3)
@@ -579,7 +576,7 @@ class Plan:
     flops_per_token: float = 0.0
     notes: List[str] = field(default_factory=list)
     mfu_source: str = ""  # where the MFU of the speed line comes from (configs/mfu.json: assumed or measured)
-    attention: str = ""  # the attention implementation the run uses (train/attention.py)
+    attention: str = ""  # the attention implementation the run uses (train/kernels/attention.py)
     dtype: str = "bfloat16"  # model.dtype
 
 
@@ -694,7 +691,7 @@ def make_plan(shape: ModelShape, cfg, hw: Hardware, a: Assumptions = Assumptions
         tokens = global_batch * cfg.data.max_length
         plan.step_seconds = plan.flops_per_token * tokens / (n * hw.tflops * 1e12 * a.mfu)
         plan.tokens_per_second = tokens / plan.step_seconds
-    if cfg.method == "qlora":
+    if method_of(cfg).quantized_base:
         plan.notes.append("QLoRA under ZeRO-3 and FSDP loads the whole 4-bit base on every GPU before it is sharded "
                           "(counted as 'loading: whole 4-bit base')")
     if hw.device == "cuda" and hw.gpus_per_node > 1:
@@ -775,10 +772,15 @@ def render(plan: Plan) -> str:
         lines.append(f"nothing fits on {hw.world} x {hw.gpu_mem_gib:.1f} GiB: it needs at least {plan.min_gpus} such "
                      f"GPUs")
     else:
-        lines.append(f"nothing fits on any number of {hw.gpu_mem_gib:.1f} GiB {unit}s: what each one holds whatever "
-                     f"the sharding (activations, gathered weights) is too much; use larger ones or shorter sequences")
+        loading = max((e.parts.get("loading: whole 4-bit base", 0.0) for pair in plan.table.values() for e in pair),
+                      default=0.0)
+        why = (f"QLoRA loads the whole 4-bit base ({format_gib(loading)} GiB) onto every GPU before any sharding"
+               if loading > hw.gpu_mem_gib * GIB else
+               "what each one holds whatever the sharding (activations, gathered weights) is too much")
+        lines.append(f"nothing fits on any number of {hw.gpu_mem_gib:.1f} GiB {unit}s: {why}; use larger ones or "
+                     f"shorter sequences")
     if plan.step_seconds:
-        from train.attention import describe
+        from train.kernels.attention import describe
 
         lines.append(f"speed        {plan.flops_per_token / 1e9:.1f} GFLOP per token -> {plan.step_seconds:.2f} s per "
                      f"optimizer step, {plan.tokens_per_second:,.0f} tokens/s ({hw.world} x {hw.tflops:g} TFLOP/s at "

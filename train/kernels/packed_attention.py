@@ -3,7 +3,7 @@
 A packed row holds several samples whose `position_ids` restart at 0 (train/data/packing.py). With plain SDPA,
 transformers builds a block-diagonal causal mask for the whole row and SDPA computes every (query, key) pair of the row
 under it: O(L^2) work and memory per row and layer, and a masked SDPA cannot use the fast causal kernels. Which
-implementation replaces it where is decided in train/attention.py; the two registered here are:
+implementation replaces it where is decided in train/kernels/attention.py; the two registered here are:
 
 - "sdpa_packed" (CPU): cuts each row at the sample boundaries (wherever a position does not follow its predecessor by
   1, the rule transformers' `find_packed_sequence_indices` uses) and runs causal SDPA on each sample's block: the work
@@ -29,9 +29,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from train import attention
-from train.attention import PACKED_SDPA, PACKED_VARLEN
-from train.recompute import register as register_recomputed
+from train.kernels import attention
+from train.kernels.attention import PACKED_SDPA, PACKED_VARLEN
+from train.kernels.recompute import register as register_recomputed
 
 try:  # torch >= 2.10
     from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn

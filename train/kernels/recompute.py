@@ -28,7 +28,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from train.instance_forward import bind_forward, has_own_forward
+from train.kernels.instance_forward import bind_forward, has_own_forward
 
 GATED_FORWARD = "defforward(self,x):down_proj=self.down_proj(self.act_fn(self.gate_proj(x))*self.up_proj(x))returndown_proj"
 
