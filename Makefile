@@ -10,7 +10,7 @@ export HF_HOME := $(CURDIR)/.cache/hf_home
 export HF_DATASETS_CACHE := $(CURDIR)/.cache/hf_datasets
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install assets demo test clean
+.PHONY: install assets demo test gpu-check clean
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
@@ -29,6 +29,10 @@ demo: assets
 test: assets
 	mkdir -p .cache/tmp
 	HF_HUB_OFFLINE=1 TMPDIR=$(CURDIR)/.cache/tmp $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# On a CUDA machine: the GPU acceptance kit (scripts/gpu_check.sh; about 8 minutes on one H100), results in gpu_check/.
+gpu-check: install
+	bash scripts/gpu_check.sh --out gpu_check
 
 clean:
 	rm -rf outputs .cache/data .cache/tmp

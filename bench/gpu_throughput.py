@@ -7,8 +7,8 @@ and of TRL's SFTTrainer, in the same run, on 8B architectures with random weight
     python bench/gpu_throughput.py --models tiny --seq 256 --steps 4 # on a CPU: the harness with a tiny model
                                                                      # (tests/test_bench_gpu.py runs this)
 
-What runs (each measurement in its own process; full fine-tuning through `accelerate launch` with
-configs/accelerate/zero3_offload.yaml on one process, as a user runs it):
+What runs (each measurement in its own process, one GPU, one process: `n_gpu` is recorded; the parent process never
+touches the GPU, so all its memory is the measured run's):
 - Models: the architecture of configs/models/<name>.json (the public config.json shape) with random weights, written
   once as bf16 safetensors with the model's tokenizer asset (launch/assets.py), so nothing comes from a hub. `tiny` is
   the 2-layer Llama of launch/assets.py (tiny_model_dir).
@@ -16,7 +16,10 @@ configs/accelerate/zero3_offload.yaml on one process, as a user runs it):
   QA, chit-chat: the length distribution of our users' data), prepared by our pipeline (assistant-only labels, packed
   to --seq tokens). TRL trains on the same packed rows in the same order (bench/train_throughput.py's hand-over).
 - Same hyper-parameters on both sides: learning rate, constant schedule, batch 1 x --seq tokens, optimizer, seed,
-  LoRA r=16 alpha=32 on all linear layers, QLoRA nf4 with double quantisation and bf16 compute.
+  LoRA r=16 alpha=32 on all linear layers, QLoRA nf4 with double quantisation and bf16 compute. Full fine-tuning of an
+  8B model on one GPU: 8-bit AdamW (bitsandbytes) and gradient checkpointing, so that it fits 80 GB.
+- `--repeat-batch`: the corpus is cut to the samples that fill one packed row, so every step trains on the same row
+  (the loss of a repeated batch must fall; scripts/gpu_check.sh uses it).
 - Each side runs its defaults otherwise: TRL's SFTConfig turns on gradient checkpointing and bf16; ours uses the
   recipe keys as set here (`--ours-gc` turns checkpointing on for ours too). `--trl-variants` adds TRL without
   checkpointing.
@@ -64,7 +67,8 @@ def model_config(name: str):
 
 
 def build_model(name: str, scratch: Path) -> Path:
-    """A folder with config.json, random bf16 weights (safetensors) and the tokenizer; built once."""
+    """A folder with config.json, random bf16 weights (safetensors) and the tokenizer; built once (on a GPU in a child
+    process, `child_build`, so that this process never holds GPU memory)."""
     if name == "tiny":
         from launch.assets import tiny_model_dir
 
@@ -101,9 +105,11 @@ def flash_attention() -> str:
 def recipe(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
     """Our recipe for one measurement (a train/config.py mapping)."""
     gpu, method = spec["gpu"], spec["method"]
+    full_on_gpu = gpu and METHODS[method].trains_base  # 8B full fine-tuning on one 80 GB GPU: 8-bit AdamW, checkpointing
     return {
+        # "sdpa": train/kernels/attention.py picks the attention for packed rows (FlashAttention when installed)
         "model": {"name_or_path": spec["model_dir"], "dtype": "bfloat16" if gpu else "float32",
-                  "attn_implementation": flash_attention() if gpu else "sdpa"},
+                  "attn_implementation": "sdpa"},
         "method": method,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"]},
         "qlora": {"compute_dtype": "bfloat16" if gpu else "float32"},
@@ -112,8 +118,10 @@ def recipe(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
                  "enable_thinking": False, "cache_dir": str(Path(spec["scratch"]) / "data-cache")},
         "train": {"max_steps": spec["steps"], "learning_rate": 1e-5 if METHODS[method].trains_base else 1e-4,
                   "lr_scheduler": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                  "per_device_batch_size": 1, "gradient_accumulation_steps": 1, "optim": "adamw_torch_fused",
-                  "gradient_checkpointing": variant.endswith("-gc"), "logging_steps": 1, "save_steps": 100000,
+                  "per_device_batch_size": 1, "gradient_accumulation_steps": 1,
+                  "optim": "adamw_8bit" if full_on_gpu else "adamw_torch_fused",
+                  "gradient_checkpointing": variant.endswith("-gc") or full_on_gpu, "logging_steps": 1,
+                  "save_steps": 100000,
                   "save_total_limit": 1, "seed": tt.SEED, "sampler": "random", "resume": "never"},
         "output_dir": str(Path(spec["scratch"]) / f"out-{spec['key']}-{variant}"),
     }
@@ -152,10 +160,16 @@ def child_ours(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
     shutil.rmtree(cfg_dict["output_dir"], ignore_errors=True)
     cfg = tt.load_recipe(cfg_dict, Path(spec["scratch"]) / f"recipe-{spec['key']}-{variant}.yaml")
     timer, peak = tt.step_timer(), device_peak()
-    trainer = train_sft(cfg, callbacks=[timer, peak])[0]
+    trainer, _, data, _ = train_sft(cfg, callbacks=[timer, peak])
+    from train.kernels.packed_attention import kernel_description
+
+    attention = trainer.model.config._attn_implementation
     return {"side": "ours", "variant": variant, "steps": timer.steps, "peak_rss_kb": timer.peak_rss_kb,
             "rss_at_start_kb": timer.rss_at_start_kb, "gpu_allocated": peak.allocated, "gpu_reserved": peak.reserved,
-            "attention": trainer.model.config._attn_implementation}
+            "attention": attention, "n_gpu": trainer.args.n_gpu, "world_size": trainer.args.world_size,
+            "attention_kernel": kernel_description(attention, trainer.args.device.type, cfg.model.dtype),
+            "label_fraction": data.report.label_fraction(cfg.data.max_length), "rows": len(data.train),
+            "recipe": str(Path(spec["scratch"]) / f"recipe-{spec['key']}-{variant}.yaml")}
 
 
 def child_trl(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
@@ -173,7 +187,8 @@ def child_trl(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
                                bnb_4bit_compute_dtype=dtype) if METHODS[method].quantized_base else None
     set_seed(tt.SEED)
     model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=dtype, quantization_config=quant,
-                                                 attn_implementation=cfg.model.attn_implementation)
+                                                 attn_implementation=flash_attention() if gpu else "sdpa",
+                                                 device_map={"": 0} if gpu else None)
     peft_config = None
     if METHODS[method].adapter:
         from peft import LoraConfig
@@ -195,26 +210,22 @@ def child_trl(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
     trainer.train()
     return {"side": "trl", "variant": variant, "steps": timer.steps, "peak_rss_kb": timer.peak_rss_kb,
             "rss_at_start_kb": timer.rss_at_start_kb, "gpu_allocated": peak.allocated, "gpu_reserved": peak.reserved,
-            "attention": trainer.model.config._attn_implementation,
+            "attention": trainer.model.config._attn_implementation, "n_gpu": trainer.args.n_gpu,
             "gradient_checkpointing": bool(args.gradient_checkpointing)}
 
 
 def run_child(spec: Dict[str, Any], variant: str, timeout: int) -> Dict[str, Any]:
-    """One measurement in a fresh process; full fine-tuning on a GPU through accelerate + ZeRO-3 with CPU offload."""
+    """One measurement in a fresh process (`variant` "build": the model folder, `child_build`)."""
     result = Path(spec["scratch"]) / f"result-{spec['key']}-{variant}.json"
-    child = [str(Path(__file__).resolve()), "--child", json.dumps({**spec, "variant": variant, "result": str(result)})]
-    if spec["method"] == "full" and spec["gpu"]:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "configs" / "accelerate" / "zero3_offload.yaml"), "--num_processes", "1", *child]
-    else:
-        cmd = [sys.executable, *child]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child",
+           json.dumps({**spec, "variant": variant, "result": str(result)})]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false",
            "WANDB_DISABLED": "true"}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         return {"side": "trl" if variant.startswith("trl") else "ours", "variant": variant,
-                "error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
+                "error": f"exit {proc.returncode}: {proc.stderr[-2000:]}", "log": (proc.stdout + proc.stderr)[-6000:]}
     out = json.loads(result.read_text(encoding="utf-8"))
     out["process_seconds"] = round(time.perf_counter() - start, 1)
     return out
@@ -231,7 +242,8 @@ def flops_per_token(config, method: str, sample_sq_over_len: float) -> float:
 
 
 def peak_flops() -> tuple:
-    """(FLOP/s, what it is): the GPU's dense bf16 peak from its name, or the measured fp32 matmul rate of a CPU."""
+    """(FLOP/s, what it is): the GPU's dense bf16 peak from its name, or the measured fp32 matmul rate of a CPU.
+    On a GPU this initialises CUDA: call it in a child process (`child_build`)."""
     import torch
 
     if torch.cuda.is_available():
@@ -245,6 +257,36 @@ def peak_flops() -> tuple:
     return 2 * 2048 ** 3 / best, f"CPU: measured fp32 matmul {2 * 2048 ** 3 / best / 1e9:.0f} GFLOP/s"
 
 
+def child_build(spec: Dict[str, Any], variant: str) -> Dict[str, Any]:
+    """In a child process: the model folder (built on the GPU when there is one) and the device's peak FLOP/s; the
+    process ends and with it everything it held on the GPU."""
+    import torch
+
+    folder = build_model(spec["model"], Path(spec["scratch"]))
+    peak, what = peak_flops()
+    gpu = torch.cuda.is_available()
+    return {"model_dir": str(folder), "peak_flops": peak, "peak": what,
+            "device": torch.cuda.get_device_name() if gpu else "CPU",
+            "memory_gib": torch.cuda.get_device_properties(0).total_memory / 2 ** 30 if gpu else None}
+
+
+def one_row_corpus(spec: Dict[str, Any], out: Path) -> Path:
+    """The first samples of the corpus that together fill one packed row of spec['seq'] tokens (as our template and
+    labels tokenise them): a dataset of one row, so every step trains on the same batch."""
+    from train.data.labels import tokenize_conversation
+
+    cfg = tt.load_recipe(recipe(spec, "ours"), Path(spec["scratch"]) / f"recipe-{spec['key']}-one-row.yaml")
+    tokenizer, _ = tt.prepared_rows(cfg)
+    kept, used = [], 0
+    for line in Path(spec["corpus"]).read_text(encoding="utf-8").splitlines():
+        n = len(tokenize_conversation(tokenizer, json.loads(line)["messages"], cfg.data)["input_ids"])
+        if used + n <= spec["seq"]:
+            kept.append(line)
+            used += n
+    out.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return out
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -255,6 +297,7 @@ def summarise(run: Dict[str, Any], flops: float, peak: Optional[float]) -> Dict[
     if "error" in run:
         return {"variant": run["variant"], "side": run["side"], "error": run["error"][-300:]}
     row = tt.summarise(run)
+    row.update({k: run[k] for k in ("n_gpu", "attention_kernel", "label_fraction", "recipe") if k in run})
     row["mfu"] = round(flops * row["tokens_per_s"] / peak, 4) if peak else None
     row["gpu_peak_allocated_gib"] = round(run.get("gpu_allocated", 0) / 2 ** 30, 2)
     row["gpu_peak_reserved_gib"] = round(run.get("gpu_reserved", 0) / 2 ** 30, 2)
@@ -287,44 +330,61 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="JSON result (default bench/results/gpu_throughput[_cpu].json)")
     parser.add_argument("--scratch", default=None, help="folder for models, data and outputs (default: temporary)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--repeat-batch", action="store_true", help="one packed row, trained on at every step")
     args = parser.parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
-        run = (child_trl if spec["variant"].startswith("trl") else child_ours)(spec, spec["variant"])
+        child = {"build": child_build, "ours": child_ours}.get(spec["variant"].split("-")[0], child_trl)
+        run = child(spec, spec["variant"])
         if int(os.environ.get("RANK", "0")) == 0:
             Path(spec["result"]).write_text(json.dumps(run, ensure_ascii=False), encoding="utf-8")
         return 0
-
     gpu = on_gpu()
     models = (args.models or ("llama3-8b,qwen3-8b" if gpu else "tiny")).split(",")
     seq, steps = args.seq or (4096 if gpu else 256), args.steps or (12 if gpu else 4)
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="gpu-throughput-"))
-    scratch.mkdir(parents=True, exist_ok=True)
-    trl = not args.no_trl and trl_available()
-    corpus = scratch / "corpus.jsonl"
-    write_corpus(corpus, max(300, 3 * steps * seq // 400))
-    peak, peak_what = peak_flops()
-    variants = ["ours"] + (["ours-gc"] if args.ours_gc else []) + (["trl"] if trl else []) + \
-        (["trl-nogc"] if trl and args.trl_variants else [])
-    report: Dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "peak": peak_what,
-                              "seq": seq, "steps": steps, "command": "python " + " ".join(sys.argv), "runs": {}}
-    for model in models:
-        model_dir = build_model(model, scratch)
-        for method in args.methods.split(","):
-            key = f"{model}-{method}"
-            spec = {"key": key, "model_dir": str(model_dir), "method": method, "seq": seq, "steps": steps,
-                    "gpu": gpu, "corpus": str(corpus), "scratch": str(scratch)}
-            from transformers import AutoConfig
-
-            flops = flops_per_token(AutoConfig.from_pretrained(model_dir), method, sample_length_moment(spec))
-            rows = [summarise(run_child(spec, v, args.timeout), flops, peak) for v in variants]
-            report["runs"][key] = {"flops_per_token": flops, "rows": rows}
-            print(table(key, rows), flush=True)
+    variants = ["ours"] + (["ours-gc"] if args.ours_gc else []) + \
+        (["trl"] if not args.no_trl and trl_available() else []) + (["trl-nogc"] if args.trl_variants else [])
+    report = measure(models, args.methods.split(","), seq, steps, variants, scratch, args.repeat_batch, args.timeout)
+    report["command"] = "python " + " ".join(sys.argv)
     out = Path(args.out or REPO / "bench" / "results" / f"gpu_throughput{'' if gpu else '_cpu'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     print(f"results: {out}")
     return 0
+
+
+def measure(models: List[str], methods: List[str], seq: int, steps: int, variants: List[str], scratch: Path,
+            repeat_batch: bool = False, timeout: int = 3600) -> Dict[str, Any]:
+    """Every (model, method) with every variant, each in its own process; the report (also what
+    scripts/gpu_check.sh reads): per run the rows of `summarise`, the FLOPs per token and the device's peak."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    gpu = on_gpu()
+    corpus = scratch / "corpus.jsonl"
+    write_corpus(corpus, max(300, 3 * steps * seq // 400))
+    report: Dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "seq": seq, "steps": steps,
+                              "repeat_batch": repeat_batch, "runs": {}}
+    for model in models:
+        built = run_child({"key": model, "model": model, "scratch": str(scratch)}, "build", timeout)
+        if "error" in built:
+            report["runs"][model] = {"error": built["error"]}
+            continue
+        report.update(peak=built["peak"], device=built["device"], device_memory_gib=built["memory_gib"])
+        for method in methods:
+            key = f"{model}-{method}"
+            spec = {"key": key, "model_dir": built["model_dir"], "method": method, "seq": seq, "steps": steps,
+                    "gpu": gpu, "corpus": str(corpus), "scratch": str(scratch)}
+            if repeat_batch:
+                spec["corpus"] = str(one_row_corpus(spec, scratch / f"corpus-{key}-one-row.jsonl"))
+            from transformers import AutoConfig
+
+            flops = flops_per_token(AutoConfig.from_pretrained(built["model_dir"]), method, sample_length_moment(spec))
+            runs = [run_child(spec, v, timeout) for v in variants
+                    if not (v.startswith("trl") and not METHODS[method].adapter and gpu)]  # TRL full: not compared
+            rows = [summarise(run, flops, built["peak_flops"]) for run in runs]
+            report["runs"][key] = {"flops_per_token": flops, "rows": rows, "raw": runs}
+            print(table(key, rows), flush=True)
+    return report
 
 
 def table(key: str, rows: List[Dict[str, Any]]) -> str:

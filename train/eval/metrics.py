@@ -51,12 +51,21 @@ HANGUL_SYLLABLE = re.compile(r"[\uac00-\ud7a3]")
 
 @functools.lru_cache(maxsize=1)
 def _kiwi():
+    """Kiwi, or None where kiwipiepy is not installed (a dependency of the project, left out only by minimal installs
+    such as the GPU check's wheels: `morphemes_warning` then says the scores are on words)."""
     try:
         from kiwipiepy import Kiwi
-    except ImportError as err:  # a dependency of the project; missing only in a broken install
-        raise ImportError("Korean-aware ROUGE/BLEU need kiwipiepy: pip install kiwipiepy "
-                          "(it brings its model, kiwipiepy_model, and works offline)") from err
+    except ImportError:
+        return None
     return Kiwi()
+
+
+def morphemes_warning() -> Optional[str]:
+    """A warning for the report when text is split on words instead of Korean morphemes, else None."""
+    if _kiwi() is not None:
+        return None
+    return ("kiwipiepy is not installed: ROUGE, BLEU and the RAFT answer match are computed on words (letters and "
+            "digits), not Korean morphemes, so particles stay attached (삼성전자가 != 삼성전자는). pip install kiwipiepy")
 
 
 def keep_morpheme(tag: str) -> bool:
@@ -69,7 +78,10 @@ def tokenize(text: str) -> List[str]:
     text = unicodedata.normalize("NFC", text or "").strip()
     if not text:
         return []
-    return [t.form.lower() for t in _kiwi().tokenize(text) if keep_morpheme(t.tag)]
+    kiwi = _kiwi()
+    if kiwi is None:  # words, without punctuation: what the scores fall back to (see morphemes_warning)
+        return [w.lower() for w in re.findall(r"\w+", text)]
+    return [t.form.lower() for t in kiwi.tokenize(text) if keep_morpheme(t.tag)]
 
 
 def ngrams(tokens: Sequence[str], n: int) -> Counter:

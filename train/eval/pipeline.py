@@ -61,6 +61,9 @@ def evaluate(cfg: Config, tokenizer, changes: Dict, options: EvalOptions) -> Dic
         tasks.append(ev.task_of(prompt_messages, reference))
 
     encoder, warnings = load_encoder(cfg, references)
+    from train.eval.metrics import morphemes_warning
+
+    warnings += [w for w in [morphemes_warning()] if w]
     torch.manual_seed(cfg.train.seed)
     collator = Collator(pad_token_id=tokenizer.pad_token_id, packing=False)  # one conversation per row
 

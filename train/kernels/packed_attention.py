@@ -21,6 +21,7 @@ computation (tests/test_packing.py on the CPU; the GPU kernels in scripts/gpu_ch
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import List, Optional, Tuple
 
@@ -44,6 +45,7 @@ try:  # torch >= 2.5
 except ImportError:
     create_block_mask = flex_attention = None
 _compiled_flex = None
+_forced_kernel: Optional[str] = None  # scripts/gpu_check.sh runs each kernel of "varlen_packed" by name
 
 
 def sample_blocks(position_ids: torch.Tensor, batch_size: int) -> Optional[List[Tuple[int, int, int]]]:
@@ -189,8 +191,23 @@ def _flex(q, k, v, cu: torch.Tensor, scaling: Optional[float], window: Optional[
     return out[0].transpose(0, 1)
 
 
+@contextlib.contextmanager
+def forced_kernel(kernel: Optional[str]):
+    """Within the block, "varlen_packed" runs `kernel` ("torch_varlen", "flex" or "sdpa_per_sample"; None: the usual
+    choice): how scripts/gpu_check.sh compares every kernel on the same GPU."""
+    global _forced_kernel
+    previous, _forced_kernel = _forced_kernel, kernel
+    try:
+        yield
+    finally:
+        _forced_kernel = previous
+
+
 def kernel_for(query: torch.Tensor, dropout: float, window: Optional[int]) -> str:
-    """The kernel "varlen_packed" uses for these tensors (train/attention.varlen_kernel with what this torch has)."""
+    """The kernel "varlen_packed" uses for these tensors (train/kernels/attention.py's varlen_kernel with what this
+    torch has)."""
+    if _forced_kernel is not None:
+        return _forced_kernel
     torch_varlen = _torch_varlen_attn is not None and (not window or "window_size" in _VARLEN_PARAMETERS)
     dtype = str(query.dtype).replace("torch.", "")
     return attention.varlen_kernel(query.device.type, dtype, dropout, torch_varlen, flex_attention is not None)
@@ -262,7 +279,7 @@ def supports(config) -> bool:
 
 def choose_attention(requested: str, packing: bool, device_type: str, config, dtype: str = "bfloat16",
                      flash_installed: Optional[bool] = None) -> str:
-    """train/attention.choose_attention for a model config; registers our implementations when one is chosen."""
+    """train/kernels/attention.py's choose_attention for a model config; registers our implementations when one is chosen."""
     chosen = attention.choose_attention(requested, packing, device_type, supports(config), dtype, flash_installed)
     if chosen in (PACKED_SDPA, PACKED_VARLEN):
         register()

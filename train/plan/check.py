@@ -17,7 +17,7 @@ from train.data.report import DataReport
 from train.methods import method_of
 from train.plan.shape import PlanError, read_shape
 from train.paths import GIB, REPO
-from train.plan.planner import GPUS, Assumptions, Hardware, Plan, format_gib, make_plan, render, strategy_label
+from train.plan.planner import GPUS, Assumptions, gpu_key, Hardware, Plan, format_gib, make_plan, render, strategy_label
 
 
 class MemoryPlanError(ConfigError):
@@ -54,7 +54,7 @@ def this_machine(env) -> Hardware:
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(int(env.get("LOCAL_RANK", 0)))
-        key = next((k for k, g in GPUS.items() if g.name.split()[0] in props.name), "")
+        key = gpu_key(props.name)
         known = GPUS.get(key)
         return Hardware(nodes=nodes, gpus_per_node=local, gpu_mem_gib=props.total_memory / GIB, gpu=props.name,
                         tflops=known.bf16_tflops if known else GPUS["h100"].bf16_tflops, device="cuda", key=key)

@@ -106,6 +106,18 @@ def hardware(gpu: Optional[str] = None, nodes: int = 1, gpus_per_node: int = 1, 
     return Hardware(nodes=nodes, gpus_per_node=gpus_per_node, gpu_mem_gib=mem, gpu=name, tflops=peak, key=key)
 
 
+def gpu_key(device_name: str) -> str:
+    """The GPUS key of a CUDA device name ("NVIDIA H100 80GB HBM3" -> "h100", "NVIDIA H100 PCIe" -> "h100-pcie",
+    "NVIDIA A100-SXM4-40GB" -> "a100-40gb"); "" for a card the table does not know."""
+    words = device_name.upper().replace("-", " ").split()
+    words += [a + b for a, b in zip(words, words[1:])]  # "RTX 4090" -> RTX4090
+    for key in sorted(GPUS, key=len, reverse=True):  # the most specific first: h100-pcie before h100
+        family, *variant = key.upper().split("-")
+        if family in words and all(v in words for v in variant):
+            return key
+    return ""
+
+
 def model_flop_utilisation(method: str, gpu_key: str = "") -> Tuple[float, str]:
     """(MFU, where it comes from) for a method on a GPU: what scripts/gpu_check.sh measured on that GPU
     (configs/mfu.json) when there is a measurement, else the method's assumption (train/methods.py)."""
