@@ -37,19 +37,15 @@ def _load(args):
 
 def cmd_prepare(args) -> int:
     from train.data.prepare import load_or_build, write_reports
+    from train.data.report import console_summary
 
     cfg, tokenizer, changes = _load(args)
     started = time.time()
     data = load_or_build(cfg, tokenizer, is_main=True)
     paths = write_reports(data, Path(cfg.output_dir))
-    r = data.report
     print(f"prepared in {time.time() - started:.1f}s → {data.path}")
     print(f"  template {changes.get('template')}, pad {changes.get('pad_token')!r}, added tokens {changes.get('added_tokens', 0)}")
-    print(f"  conversations: {r.train_conversations} train, {r.eval_conversations} eval; "
-          f"rejected {r.rejected}; duplicates removed: {r.duplicates['exact_removed']} exact, "
-          f"{r.duplicates['near_removed']} near")
-    print(f"  rows: {len(data.train)} train" + (f", {len(data.eval)} eval" if data.eval is not None else "")
-          + f"; packing efficiency {r.packing_efficiency:.4f}")
+    print(console_summary(data.report))
     for name, path in paths.items():
         print(f"  {name}: {path}")
     return 0

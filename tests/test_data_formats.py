@@ -8,8 +8,8 @@ import json
 import pytest
 
 from train.config import DataConfig, DataSource
-from train.data.formats import (DEFAULT_KEYWORD_INSTRUCTION, RecordError, detect_format, required_columns,
-                                 to_messages)
+from train.data.formats import (DEFAULT_KEYWORD_INSTRUCTION, RecordError, RecordWarning, detect_format,
+                                 required_columns, to_messages)
 
 # seed 001, level 3: instruction tuning with a list output
 SEED1_ALPACA = {
@@ -293,3 +293,114 @@ def test_broken_unicode_escape_is_an_error():
     err = error(record)
     assert (err.reason, err.field) == ("invalid_text", "question")
     assert "\\ud83d" in str(err)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 20: list outputs, degenerate conversations, reasoning, RAFT rendered once
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output,field,problem", [
+    ([], "output", "is an empty list"),
+    (["진통", None], "output[1]", "must be text, got null"),
+    (["진통", 3], "output[1]", "must be text, got a number"),
+    ([["진통", "소염"], "파스"], "output[0]", "must be text, got a list"),
+    (["진통", "  "], "output[1]", "is an empty string"),
+    ([{"k": "v"}], "output[0]", "must be text, got an object"),
+])
+def test_alpaca_list_output_must_be_non_empty_strings(output, field, problem):
+    err = error({"instruction": "키워드를 추출하세요.", "input": "진통 파스", "output": output})
+    assert (err.reason, err.field) == ("bad_list", field)
+    assert str(err).startswith(f"{field}: {problem}")
+
+
+def test_keyword_lists_follow_the_same_rule_and_dicts_stay_json():
+    assert error({"text": "진통 파스", "labels": []}).field == "labels"
+    assert error({"text": "진통 파스", "labels": ["진통", None]}).field == "labels[1]"
+    assert error(dict(SEED2_COLUMNS, assistant=[1, 2]), src(format="columns")).field == "assistant[0]"
+    assert to_messages(SEED2_COLUMNS, src(), cfg())[-1]["content"].startswith('{"is_stock_related": true')
+
+
+def test_conversation_without_a_user_turn_is_rejected():
+    for turns in ([{"role": "assistant", "content": "안녕하세요"}],
+                  [{"role": "system", "content": "규칙"}, {"role": "assistant", "content": "안녕하세요"}],
+                  [{"role": "assistant", "content": "안녕하세요"}, {"role": "assistant", "content": "또 안녕하세요"}]):
+        err = error({"messages": turns})
+        assert err.reason == "no_user_turn" and err.field == f"messages[{1 if turns[0]['role'] == 'system' else 0}]"
+
+
+def test_conversation_that_opens_with_the_assistant_is_kept_with_a_warning():
+    turns = [{"role": "assistant", "content": "무엇을 도와드릴까요?"}, {"role": "user", "content": "환율 알려줘"},
+             {"role": "assistant", "content": "오늘 원/달러 환율은 1,350원입니다."}]
+    warnings = []
+    assert to_messages({"messages": turns}, src(), cfg(), warnings=warnings) == turns
+    assert [(w.reason, w.field) for w in warnings] == [("opens_with_assistant", "messages[0]")]
+    warnings = []
+    to_messages({"messages": turns[1:]}, src(), cfg(), warnings=warnings)
+    assert warnings == []
+
+
+@pytest.mark.parametrize("reply", ["<think>\n생각\n</think>\n\n", "<think></think>", "<think>\n\n</think>\n\n  \n"])
+def test_a_reply_that_is_only_a_think_block_is_rejected(reply):
+    err = error({"messages": [{"role": "user", "content": "질문"}, {"role": "assistant", "content": reply}]})
+    assert (err.reason, err.field) == ("empty_content", "messages[1].content")
+
+
+REASONING_TURNS = [{"role": "user", "content": "합병 비율은?"},
+                   {"role": "assistant", "content": "\n주가 기준으로 정합니다.", "reasoning_content": "\n상법을 떠올린다.\n"}]
+
+
+def test_reasoning_content_becomes_the_think_block_qwen3_renders(qwen3_tokenizer):
+    from train.data.templates import render
+
+    messages = to_messages({"messages": REASONING_TURNS}, src(), cfg(enable_thinking=True), warnings=[])
+    assert messages[-1] == {"role": "assistant", "content": "<think>\n상법을 떠올린다.\n</think>\n\n주가 기준으로 정합니다."}
+    # Qwen3's own template renders the field and the inline block identically (the reason for inlining it)
+    data = cfg(enable_thinking=True)
+    assert render(qwen3_tokenizer, messages, data) == render(qwen3_tokenizer, REASONING_TURNS, data)
+
+
+def test_reasoning_content_without_thinking_is_dropped_and_counted():
+    warnings = []
+    messages = to_messages({"messages": REASONING_TURNS}, src(), cfg(enable_thinking=False), warnings=warnings)
+    assert messages[-1] == {"role": "assistant", "content": "\n주가 기준으로 정합니다."}
+    assert [(w.reason, w.field) for w in warnings] == [("reasoning_dropped", "messages[1].reasoning_content")]
+    assert isinstance(warnings[0], RecordWarning) and "enable_thinking" in str(warnings[0])
+    both = [REASONING_TURNS[0], dict(REASONING_TURNS[1], content="<think>\n또\n</think>\n\n답")]
+    assert error({"messages": both}, data=cfg(enable_thinking=True)).reason == "reasoning_twice"
+    assert error({"messages": [REASONING_TURNS[0], dict(REASONING_TURNS[1], reasoning_content=3)]}).reason == \
+        "non_text_content"
+
+
+RAFT_PAPER = dict(SEED3_RAFT, context=["[문서1] " + SEED3_RAFT["context"][0], "[문서 2] " + SEED3_RAFT["context"][1],
+                                       "[Document 3]: " + SEED3_RAFT["context"][2]],
+                  cot=SEED3_RAFT["cot"] + "\n<ANSWER>: 서울", answer="답변: " + SEED3_RAFT["answer"])
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_raft_answer_and_passage_labels_are_rendered_once(shuffle):
+    warnings = []
+    user, assistant = to_messages(RAFT_PAPER, src(), cfg(shuffle_passages=shuffle, include_reasoning=True),
+                                  warnings=warnings)
+    # one label per passage, numbered by its shown position, and the passages' own labels gone
+    assert [user["content"].count(f"[문서 {n}]") for n in (1, 2, 3)] == [1, 1, 1]
+    assert "[문서1]" not in user["content"] and "[Document" not in user["content"]
+    assert "[문서 2] [문서" not in user["content"] and sorted(
+        user["content"].index(p) for p in SEED3_RAFT["context"]) == sorted(
+        user["content"].index(f"[문서 {n}] ") + len(f"[문서 {n}] ") for n in (1, 2, 3))
+    # the answer once, after the one answer label
+    assert assistant["content"] == f"추론: {SEED3_RAFT['cot']}\n\n답변: {SEED3_RAFT['answer']}"
+    assert [w.reason for w in warnings] == ["raft_answer_in_cot"]
+
+
+def test_raft_cot_with_a_korean_answer_line_and_without_reasoning():
+    record = dict(SEED3_RAFT, cot="첫 번째 문맥이 답한다.\n답변: 서울", answer="서울입니다.")
+    assert to_messages(record, src(), cfg(include_reasoning=True))[-1]["content"] == \
+        "추론: 첫 번째 문맥이 답한다.\n\n답변: 서울입니다."
+    # '답변:' inside a sentence is not a final-answer section
+    inline = dict(SEED3_RAFT, cot="이전 답변: 틀렸으므로 다시 본다.", answer="서울입니다.")
+    assert to_messages(inline, src(), cfg(include_reasoning=True))[-1]["content"] == \
+        "추론: 이전 답변: 틀렸으므로 다시 본다.\n\n답변: 서울입니다."
+    # without reasoning the answer is the target as written
+    assert to_messages(RAFT_PAPER, src(), cfg(include_reasoning=False))[-1]["content"] == RAFT_PAPER["answer"]
+    assert error(dict(SEED3_RAFT, context=["[문서 1] ", "본문"])).field == "context[0]"

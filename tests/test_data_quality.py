@@ -12,7 +12,7 @@ import pytest
 from train.data.formats import RecordError
 from train.data.quality import (DataError, Rejects, exact_duplicates, length_percentiles, near_duplicates,
                                 raise_or_count, split_train_eval)
-from train.data.report import write_report
+from train.data.report import DataReport, console_summary, write_report
 
 SYLLABLES = [chr(c) for c in range(0xAC00, 0xAC00 + 600)]
 
@@ -43,6 +43,8 @@ def test_rejects_count_by_reason_and_keep_five_examples():
     other.add("empty_file", "d.jsonl", None, "the file is empty")
     rejects.merge(other)
     assert rejects.by_reason() == {"not_json": 7, "unknown_role": 2, "empty_file": 1}
+    assert rejects.to_dict()["first"] == {"not_json": "a.jsonl:1", "unknown_role": "b.json:record 3",
+                                          "empty_file": "d.jsonl"}
     assert rejects.to_dict()["examples"]["empty_file"] == ["d.jsonl: the file is empty"]
     assert json.loads(json.dumps(rejects.to_dict())) == rejects.to_dict()
 
@@ -232,3 +234,39 @@ def test_write_report_files(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data_length_histogram.png", "data_report.json",
                                                                       "data_report.md"]
+
+
+def test_console_summary_names_every_stage_and_each_reasons_first_place():
+    rejects, warnings = Rejects(), Rejects()
+    for line in (3, 9, 12):
+        rejects.add("template_error", "data/chat.jsonl", line, "the chat template refuses this conversation")
+    rejects.add("not_json", "data/b.jsonl", 2, "not valid JSON")
+    warnings.add("special_tokens_escaped", "data/chat.jsonl", 40, "special-token text encoded as plain text")
+    report = DataReport(
+        sources=[{"path": "data/chat.jsonl", "format": "auto", "weight": 1.0, "records": 97},
+                 {"path": "data/b.jsonl", "format": "qa", "weight": 1.0, "records": 9}],
+        records_read=107, rejects=rejects.to_dict(), warnings=warnings.to_dict(),
+        duplicates={"mode": "exact", "exact_removed": 4, "near_removed": 0},
+        overlong={"mode": "split", "overlong": 2, "dropped": 1, "split_into": 5, "tokens_lost": 30,
+                  "label_tokens_lost": 0, "chunks_without_labels": 1},
+        split={"train": 96, "eval": 6, "eval_from": "validation_split 0.05"},
+        packing={"enabled": True, "rows": 11, "tokens": 20000, "label_tokens": 7000, "max_length": 2048,
+                 "packing_efficiency": 0.8878}, eval_packing={"rows": 1}, max_length=2048)
+    assert console_summary(report).splitlines() == [
+        "data: read 107 records, 106 usable (chat.jsonl 97, b.jsonl 9)",
+        "  rejected: 4",
+        "    template_error: 3 (first at data/chat.jsonl:3)",
+        "    not_json: 1 (first at data/b.jsonl:2)",
+        "  warnings (kept): 1",
+        "    special_tokens_escaped: 1 (first at data/chat.jsonl:40)",
+        "  duplicates removed (exact): 4 exact",
+        "  conversations: 96 train, 6 eval (validation_split 0.05)",
+        "  longer than max_length 2048: 2 samples, split into 5 chunks (1 without labels, dropped)",
+        "  rows: 11 train (packed, 20000 tokens, 7000 labelled, packing efficiency 0.8878), 1 eval",
+    ]
+    quiet = DataReport(sources=report.sources, rejects=Rejects().to_dict(), duplicates=report.duplicates,
+                       overlong={"mode": "drop", "overlong": 0}, split={"train": 1, "eval": 0},
+                       packing={"enabled": False, "rows": 1}, max_length=512)
+    lines = console_summary(quiet).splitlines()
+    assert lines[1:3] == ["  rejected: none", "  warnings (kept): none"]
+    assert "  longer than max_length 512: none" in lines and lines[-1].startswith("  rows: 1 train (one sample per row")

@@ -153,6 +153,43 @@ def test_json_array_records_are_numbered(tmp_path):
         prepare(DataSource(path=str(bad)))
 
 
+def _read(source: DataSource, on_error: str):
+    rejects, warnings, out = Rejects(), Rejects(), []
+    for rec in iter_raw_records(source, on_error, rejects, warnings):
+        try:
+            out.append((rec, to_messages(rec.data, source, DataConfig())))
+        except RecordError as err:
+            raise_or_count(err, rec.file, rec.line, on_error, rejects, unit=rec.unit)
+    return out, rejects, warnings
+
+
+@pytest.mark.parametrize("indent", [2, None])
+def test_a_json_array_in_a_jsonl_file_is_read_as_json_once(tmp_path, indent):
+    records = [GOOD, {"question": "M&A란?", "answer": "인수합병입니다."}, {"messages": [U]}]
+    path = _write(tmp_path, "d.jsonl", json.dumps(records, ensure_ascii=False, indent=indent) + "\n")
+    read, rejects, warnings = _read(DataSource(path=str(path)), "skip")
+    assert [(r.line, r.unit) for r, _ in read] == [(1, "record"), (2, "record")]
+    assert rejects.by_reason() == {"ends_on_user": 1}  # the one bad record, not one error per line
+    assert rejects.first == {"ends_on_user": f"{path}:record 3"}
+    assert warnings.by_reason() == {"json_array_in_jsonl": 1} and "Rename it .json" in warnings.examples[
+        "json_array_in_jsonl"][0]
+    with pytest.raises(DataError, match=r"d\.jsonl:record 3: messages\[0\]: the conversation ends on a user turn"):
+        _read(DataSource(path=str(path)), "raise")
+
+
+def test_a_broken_json_array_in_a_jsonl_file_is_one_error(tmp_path):
+    text = json.dumps([GOOD, GOOD, GOOD], ensure_ascii=False, indent=2).replace("},\n  {", "}\n  {", 1)
+    path = _write(tmp_path, "d.jsonl", text)
+    read, rejects, _ = _read(DataSource(path=str(path)), "skip")
+    assert read == [] and rejects.by_reason() == {"not_json": 1}  # dozens of lines, one error
+    line = text[: text.index("}\n  {") + 2].count("\n") + 1  # where the missing comma is noticed
+    with pytest.raises(DataError, match=rf"d\.jsonl:{line}: the file starts with '\[' like one JSON array.*\.json"):
+        _read(DataSource(path=str(path)), "raise")
+    # lines that are each an array are JSON Lines of non-objects: one error per line, naming the line
+    lines = _write(tmp_path, "arrays.jsonl", '["a"]\n["b"]\n')
+    assert _read(DataSource(path=str(lines)), "skip")[1].by_reason() == {"not_object": 2}
+
+
 def test_json_mistakes(tmp_path):
     lines = _write(tmp_path, "lines.json", jsonl(SEED2, SEED2))
     with pytest.raises(DataError, match=r"lines\.json:2: .*rename it to \.jsonl"):

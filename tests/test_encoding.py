@@ -48,6 +48,32 @@ def test_piecewise_equals_whole_text(load_tokenizer, name, template):
     assert encoder.pattern is not None  # the check on the first texts passed
 
 
+@pytest.mark.parametrize("name,template", [("qwen3", "qwen3"), ("llama3", "llama3"), ("gemma", "gemma")])
+def test_escaped_regions_are_the_tokenizers_split_special_tokens_encoding(load_tokenizer, name, template):
+    """An escaped region is encoded exactly as transformers' split_special_tokens=True encodes that text alone; the
+    text around it as the tokenizer encodes it alone; every character maps to the token that holds it."""
+    tok = load_tokenizer(name)
+    texts, strings = rendered(tok, template)
+    text = texts[2]  # the user pasted markup; escape the user's text and the reply's text
+    regions = []
+    for m in CONVERSATIONS[2]:
+        start = text.index(m["content"].strip())
+        regions.append((start, start + len(m["content"].strip())))
+    encoder = ConversationEncoder(tok, strings)
+    plain, got = encoder.encode([texts[0], text], [[], regions])
+    assert plain.ids == tok._tokenizer.encode(texts[0], add_special_tokens=False).ids  # no regions: as before
+    expected, cuts = [], [0] + [c for r in regions for c in r] + [len(text)]
+    for k, (start, end) in enumerate(zip(cuts, cuts[1:])):
+        expected += tok(text[start:end], add_special_tokens=False, split_special_tokens=k % 2 == 1).input_ids
+    assert got.ids == expected
+    specials = {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    for start, end in regions:
+        tokens = {got.char_to_token(c) for c in range(start, end)}
+        assert not {got.ids[t] for t in tokens} & specials
+    assert tok.decode(got.ids) == text
+    assert got.char_to_token(len(text) - 1) == len(got.ids) - 1
+
+
 def test_cache_keeps_only_pieces_that_repeat(load_tokenizer):
     tok = load_tokenizer("qwen3")
     texts, strings = rendered(tok, "qwen3")

@@ -17,7 +17,8 @@ import dataclasses
 import pytest
 
 from train.config import DataConfig
-from train.data.labels import assistant_spans, tokenize_conversation
+from train.data.formats import RecordError
+from train.data.labels import assistant_spans, tokenize_conversation, tokenize_conversations
 from train.data.templates import TemplateError, render, setup_tokenizer, template_layout
 
 END_OF_TURN = {"qwen3": "<|im_end|>", "llama3": "<|eot_id|>", "gemma": "<end_of_turn>"}
@@ -104,7 +105,9 @@ def labelled_runs(ids, labels):
 def test_labels_match_reference(load_tokenizer, qwen3_tokenizer, llama3_tokenizer, gemma_tokenizer, name, thinking,
                                 case):
     tok = {"qwen3": qwen3_tokenizer, "llama3": llama3_tokenizer, "gemma": gemma_tokenizer}[name]
-    data = cfg(enable_thinking=thinking)
+    # the reference tokenises whole texts, so markup pasted into messages stays control tokens: the 'keep' policy
+    # (the default 'escape' is checked in tests/test_special_tokens.py)
+    data = cfg(enable_thinking=thinking, special_tokens_in_content="keep")
     messages = CASES[case]
     out = tokenize_conversation(tok, messages, data)
     full, expected = reference_labels(tok, name, messages, data)
@@ -287,3 +290,75 @@ def test_non_text_content_raises(qwen3_tokenizer):
     layout = template_layout(qwen3_tokenizer, cfg())
     with pytest.raises(ValueError, match="message 1 \\(assistant\\): content must be text"):
         assistant_spans("", [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}], layout)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 20: a template that refuses one conversation, whitespace at the edges of replies, explicit empty think blocks
+# ----------------------------------------------------------------------------------------------------------------------
+
+TOKENIZERS = [("qwen3", False), ("qwen3", True), ("llama3", False), ("gemma", False)]
+
+
+def _tok(name, qwen3_tokenizer, llama3_tokenizer, gemma_tokenizer):
+    return {"qwen3": qwen3_tokenizer, "llama3": llama3_tokenizer, "gemma": gemma_tokenizer}[name]
+
+
+@pytest.mark.parametrize("turns", [
+    [{"role": "assistant", "content": "무엇을 도와드릴까요?"}, {"role": "user", "content": "환율"},
+     {"role": "assistant", "content": "1,350원입니다."}],
+    [{"role": "user", "content": "환율"}, {"role": "assistant", "content": "1,350원"},
+     {"role": "assistant", "content": "입니다."}],
+], ids=["assistant_first", "two_assistant_turns"])
+def test_a_template_that_refuses_one_conversation_rejects_only_that_one(gemma_tokenizer, turns):
+    good = [{"role": "user", "content": "환율"}, {"role": "assistant", "content": "1,350원입니다."}]
+    out = tokenize_conversations(gemma_tokenizer, [good, turns, good], cfg())
+    assert isinstance(out[0], dict) and out[2] == out[0]  # the batch goes on
+    err = out[1]
+    assert isinstance(err, RecordError) and err.reason == "template_error"
+    assert "Conversation roles must alternate" in str(err) and "Gemma" in err.hint
+    with pytest.raises(RecordError, match="roles must alternate"):
+        tokenize_conversation(gemma_tokenizer, turns, cfg())
+
+
+WHITESPACE = {"space": " ", "newline": "\n", "tab": "\t", "two_newlines": "\n\n", "space_newline": " \n"}
+
+
+@pytest.mark.parametrize("edge", ["leading", "trailing"])
+@pytest.mark.parametrize("ws", list(WHITESPACE))
+@pytest.mark.parametrize("name,thinking", TOKENIZERS)
+def test_whitespace_at_the_edges_of_replies(qwen3_tokenizer, llama3_tokenizer, gemma_tokenizer, name, thinking, ws,
+                                            edge):
+    """Leading whitespace of a reply is not part of it (module doc); trailing whitespace is trained as the template
+    writes it. Checked against the prefix-difference reference on the conversation with the leading whitespace
+    removed, which also proves each reply's prompt is an exact token prefix of the conversation, as at inference."""
+    tok = _tok(name, qwen3_tokenizer, llama3_tokenizer, gemma_tokenizer)
+    data = cfg(enable_thinking=thinking)
+    w = WHITESPACE[ws]
+    reply = lambda text: w + text if edge == "leading" else text + w  # noqa: E731
+    messages = [{"role": "user", "content": "질문입니다"}, {"role": "assistant", "content": reply("첫 답입니다")},
+                {"role": "user", "content": "둘째 질문"}, {"role": "assistant", "content": reply("둘째 답입니다")}]
+    out = tokenize_conversation(tok, messages, data)
+    stripped = [dict(m, content=m["content"].lstrip()) if m["role"] == "assistant" else m for m in messages]
+    full, expected = reference_labels(tok, name, stripped, data)
+    assert out["input_ids"] == full and out["labels"] == expected
+    written = [m["content"].lstrip() for m in messages if m["role"] == "assistant"]
+    if name != "qwen3":
+        written = [r.strip() for r in written]  # Llama-3 and Gemma trim
+    if thinking:
+        written[-1] = "<think>\n\n</think>\n\n" + written[-1]
+    assert [tok.decode(r) for r in labelled_runs(out["input_ids"], out["labels"])] == [
+        r + END_OF_TURN[name] for r in written]
+
+
+@pytest.mark.parametrize("block", ["<think>\n\n</think>\n\n", "<think></think>", "<think>\n</think>\n"])
+def test_an_explicit_empty_think_block_in_no_think_mode_trains_the_answer(qwen3_tokenizer, block):
+    data = cfg(enable_thinking=False)
+    plain = [{"role": "user", "content": "질문"}, {"role": "assistant", "content": "답입니다."}]
+    explicit = [plain[0], {"role": "assistant", "content": block + "답입니다."}]
+    full, expected = reference_labels(qwen3_tokenizer, "qwen3", plain, data)
+    out = tokenize_conversation(qwen3_tokenizer, explicit, data)
+    assert out["input_ids"] == full and out["labels"] == expected  # what the template writes for the plain answer
+    assert [qwen3_tokenizer.decode(r) for r in labelled_runs(out["input_ids"], out["labels"])] == ["답입니다.<|im_end|>"]
+    thinking = tokenize_conversation(qwen3_tokenizer, explicit, cfg(enable_thinking=True))
+    assert [qwen3_tokenizer.decode(r) for r in labelled_runs(thinking["input_ids"], thinking["labels"])] == [
+        "<think>\n\n</think>\n\n답입니다.<|im_end|>"]  # in thinking mode the model writes the block itself

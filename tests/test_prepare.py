@@ -90,6 +90,7 @@ def test_cache_is_reused_and_fingerprint_follows_inputs(tmp_path, tokenizer_dir)
 
     assert cache_path(load_config(recipe, ["data.max_length=128"]), tok) != first.path  # settings
     assert cache_path(load_config(recipe, ["data.train_on=all"]), tok) != first.path
+    assert cache_path(load_config(recipe, ["data.special_tokens_in_content=keep"]), tok) != first.path
     write_jsonl(data, conversations(21))  # data
     assert cache_path(cfg, tok) != first.path
     tok.add_tokens(["파스"])  # tokenizer
@@ -168,3 +169,79 @@ def test_other_ranks_wait_for_the_cache_without_collectives(tmp_path, tokenizer_
         other = load_config(make_cfg(tmp_path, tokenizer_dir, [{"path": str(data)}], validation_split=0.0,
                                      max_length=64))
         load_or_build(other, tok, is_main=False, wait_timeout_s=0.1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 20: per-record template errors, the console summary, reasoning_content through prepare
+# ----------------------------------------------------------------------------------------------------------------------
+
+GOOD = {"messages": [{"role": "user", "content": "환율 알려줘"}, {"role": "assistant", "content": "1,350원입니다."}]}
+
+
+def _run_prepare(recipe, *overrides):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "launch", "prepare", "--config", str(recipe), *overrides], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_conversation_the_template_refuses_exits_2_with_file_line_and_the_templates_message(tmp_path):
+    from launch import assets
+
+    data = write_jsonl(tmp_path / "chat.jsonl", [GOOD, GOOD, {"messages": [
+        {"role": "user", "content": "안녕"}, {"role": "assistant", "content": "네"},
+        {"role": "assistant", "content": "또 네"}]}])
+    recipe = make_cfg(tmp_path, assets.gemma_tokenizer(), [{"path": str(data)}], validation_split=0.0, dedup="none")
+    res = _run_prepare(recipe)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert f"{data}:3: the chat template refuses this conversation (Conversation roles must alternate" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_prepare_prints_every_stage_and_each_reason_with_its_first_file_and_line(tmp_path, tokenizer_dir):
+    reasoning = {"messages": [{"role": "user", "content": "합병 비율은?"},
+                              {"role": "assistant", "content": "주가로 정합니다.", "reasoning_content": "상법"}]}
+    assistant_first = {"messages": [{"role": "assistant", "content": "무엇을 도와드릴까요?"},
+                                    {"role": "user", "content": "환율"}, {"role": "assistant", "content": "1,350원"}]}
+    lines = conversations(6) + ["{broken json", assistant_first, reasoning, conversations(1)[0], assistant_first]
+    data = write_jsonl(tmp_path / "chat.jsonl", lines)
+    recipe = make_cfg(tmp_path, tokenizer_dir, [{"path": str(data)}], validation_split=0.0, on_error="skip",
+                      template="gemma")
+    res = _run_prepare(recipe)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
+    assert "data: read 11 records, 10 usable (chat.jsonl 10)" in out
+    assert "  rejected: 2\n" in out  # line 11 is a duplicate of line 8: removed before it reaches the template
+    assert f"    template_error: 1 (first at {data}:8)" in out  # Gemma's template: roles must alternate
+    assert f"    not_json: 1 (first at {data}:7)" in out
+    assert "  warnings (kept): 3\n" in out
+    assert f"    opens_with_assistant: 2 (first at {data}:8)" in out
+    assert f"    reasoning_dropped: 1 (first at {data}:9)" in out
+    assert "  duplicates removed (exact): 2 exact" in out  # line 10 repeats line 1, line 11 repeats line 8
+    assert "  conversations: 8 train, 0 eval" in out and "longer than max_length 256: none" in out
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text(encoding="utf-8"))
+    assert f"  rows: {report['packing']['rows']} train (packed, {report['packing']['tokens']} tokens" in out
+    assert report["records_read"] == 11 and report["token_lengths"]["count"] == 7
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_reasoning_content_is_trained_with_thinking_and_dropped_and_counted_without(tmp_path, thinking):
+    from launch import assets
+
+    record = {"messages": [{"role": "user", "content": "합병 비율은 어떻게 정하나요?"},
+                           {"role": "assistant", "content": "주가를 기준으로 정합니다.",
+                            "reasoning_content": "상법과 자본시장법의 산식을 떠올린다."}]}
+    data = write_jsonl(tmp_path / "think.jsonl", [record])
+    recipe = make_cfg(tmp_path, assets.qwen3_tokenizer(), [{"path": str(data)}], validation_split=0.0,
+                      enable_thinking=thinking)
+    cfg = load_config(recipe)
+    tok = tokenizer_for(cfg)
+    prepared = load_or_build(cfg, tok)
+    ids, labels = prepared.train["input_ids"][0], prepared.train["labels"][0]
+    trained = tok.decode([i for i, l in zip(ids, labels) if l != -100])
+    if thinking:
+        assert trained == "<think>\n상법과 자본시장법의 산식을 떠올린다.\n</think>\n\n주가를 기준으로 정합니다.<|im_end|>"
+        assert prepared.report.warned == 0
+    else:
+        assert trained == "주가를 기준으로 정합니다.<|im_end|>" and "상법" not in tok.decode(ids)
+        assert prepared.report.warnings_by_reason == {"reasoning_dropped": 1}
+        assert prepared.report.warned_first == {"reasoning_dropped": f"{data}:1"}

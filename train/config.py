@@ -87,7 +87,12 @@ class DataConfig:
     overlong: str = "drop"
     on_error: str = "raise"  # raise | skip: a bad record stops preparation or is skipped and counted
     template: str = "auto"  # auto (tokenizer's own, else chatml) | tokenizer | llama3 | qwen3 | gemma | exaone | chatml
-    enable_thinking: bool = False  # qwen3: thinking mode; False renders the empty <think></think> block (no-think)
+    # qwen3: thinking mode (reasoning_content and <think> blocks trained); False renders the empty <think></think> block
+    # (no-think) and drops reasoning_content (counted)
+    enable_thinking: bool = False
+    # escape | reject | keep: message text holding the tokenizer's special-token strings ('<|im_start|>', '<|eot_id|>')
+    # is encoded as plain text (escape), or the record is rejected, or they become control tokens (keep); always counted
+    special_tokens_in_content: str = "escape"
     train_on: str = "assistant"  # assistant | last_assistant | all
     role_aliases: Dict[str, str] = field(default_factory=dict)  # e.g. {model: assistant, human: user}
     validation_split: float = 0.05  # fraction held out when eval_sources is empty (deterministic)
@@ -177,6 +182,7 @@ CHOICES: Dict[str, tuple] = {
     "data.on_error": ("raise", "skip"),
     "data.template": ("auto", "tokenizer", *NAMED_TEMPLATES),
     "data.train_on": ("assistant", "last_assistant", "all"),
+    "data.special_tokens_in_content": ("escape", "reject", "keep"),
     "data.dedup": ("none", "exact", "near"),
     "data.sources.*.format": ("auto", *FORMATS),
     "data.eval_sources.*.format": ("auto", *FORMATS),

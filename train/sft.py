@@ -62,6 +62,7 @@ def train_sft(cfg, command=None, callbacks=()):
     from train.config import ConfigError, save_config
     from train.data.packing import Collator
     from train.data.prepare import load_or_build, write_reports
+    from train.data.report import console_summary
     from train.data.templates import setup_tokenizer
     from train.kernels.attention import check_available, needs_varlen_kwargs
     from train.kernels.packed_attention import kernel_description
@@ -89,8 +90,7 @@ def train_sft(cfg, command=None, callbacks=()):
     check_memory(cfg, data.report, vocab=len(tokenizer))  # refuses (exit 2) a run predicted not to fit
     if is_main:
         write_reports(data, out)
-        print(f"data: {len(data.train)} training rows from {data.report.train_conversations} conversations, "
-              f"packing efficiency {data.report.packing_efficiency:.3f}, cache {data.path}", flush=True)
+        print(f"{console_summary(data.report)}\n  cache {data.path}", flush=True)
 
     # Resume from the newest complete checkpoint (a kill during a save leaves an incomplete one: it is discarded).
     if is_main and cfg.train.resume == "auto":

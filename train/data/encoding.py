@@ -14,10 +14,16 @@ raw text, strip no whitespace and cannot be part of a longer added-token match, 
 piece alike (not Metaspace with prepend_scheme='first', which marks only the text's first piece). Where that is not so, or for a slow tokenizer,
 texts are encoded whole. The encoder also compares both ways on the first texts it sees and encodes whole from then on
 if they ever differ; `tests/test_encoding.py` checks the identity on the real Qwen3, Llama-3 and Gemma-3 tokenizers.
+
+A text may come with escaped regions (`encode(texts, escapes)`): character ranges to encode as plain text, where the
+tokenizer's special-token strings are not matched (the Rust tokenizer's `encode_special_tokens`, what transformers
+calls `split_special_tokens`). Such a text is encoded in segments: the regions with a copy of the tokenizer that
+escapes special tokens, the text between them as usual. Its ids are then, by design, not those of the whole text.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -59,15 +65,21 @@ def _cuts_like_the_tokenizer(marker: str, added: Sequence[str]) -> bool:
     return True
 
 
+def _marks_first_piece(tokenizer) -> bool:
+    """True for a pre-tokenizer that treats a text's first piece differently (Metaspace with prepend_scheme='first'):
+    a part of a text encoded on its own would then get a different first token."""
+    pre = tokenizer._tokenizer.pre_tokenizer
+    if pre is None:
+        return False
+    state = json.dumps(json.loads(pre.__getstate__()))
+    return '"Metaspace"' in state and '"first"' in state
+
+
 def _marker_pattern(tokenizer, texts: Sequence[str]) -> Optional["re.Pattern"]:
     """A regex that cuts text at the added tokens occurring in `texts` (the template's fixed strings) that the tokenizer
     itself always cuts at, or None when piecewise encoding would not be exact for this tokenizer."""
-    backend = tokenizer._tokenizer
-    pre = backend.pre_tokenizer
-    if pre is not None:
-        state = json.dumps(json.loads(pre.__getstate__()))
-        if '"Metaspace"' in state and '"first"' in state:
-            return None
+    if _marks_first_piece(tokenizer):
+        return None
     added = list(tokenizer.added_tokens_decoder.values())
     contents = [t.content for t in added]
     markers = [t for t in added if t.content and any(t.content in s for s in texts if s)
@@ -95,13 +107,53 @@ class ConversationEncoder:
         if key not in per_tokenizer:
             per_tokenizer[key] = _marker_pattern(tokenizer, template_strings)
         self.pattern = per_tokenizer[key]
+        self.can_split = not _marks_first_piece(tokenizer)  # escaped regions need a text encoded in parts
+        self.escaping = None  # a copy of the backend that encodes special-token strings as text, made when needed
         self.cache: Dict[str, Tuple[List[int], object]] = {}
         self.verified = 0
 
     def _whole(self, texts: List[str]) -> List[Encoded]:
         return [Encoded(e.ids, [0], [0], [e]) for e in self.backend.encode_batch(texts, add_special_tokens=False)]
 
-    def encode(self, texts: List[str]) -> List[Encoded]:
+    def encode(self, texts: List[str], escapes: Optional[Sequence[Sequence[Tuple[int, int]]]] = None) -> List[Encoded]:
+        """The encodings of `texts`; `escapes[i]`: sorted, disjoint character ranges of text i to encode as plain
+        text (see the module doc)."""
+        if not escapes or not any(escapes):
+            return self._encode(texts)
+        out: List[Optional[Encoded]] = [None] * len(texts)
+        plain = [i for i, e in enumerate(escapes) if not e]
+        for i, enc in zip(plain, self._encode([texts[i] for i in plain])):
+            out[i] = enc
+        for i, regions in enumerate(escapes):
+            if regions:
+                out[i] = self._encode_escaped(texts[i], regions)
+        return out
+
+    def _encode_escaped(self, text: str, regions: Sequence[Tuple[int, int]]) -> Encoded:
+        if not self.can_split:
+            raise ValueError("this tokenizer cannot encode part of a text on its own (Metaspace prepend_scheme=first)")
+        if self.escaping is None:
+            self.escaping = copy.deepcopy(self.backend)
+            self.escaping.encode_special_tokens = True
+        segments, cursor = [], 0  # (start, end, escaped)
+        for start, end in regions:
+            segments += [(cursor, start, False), (start, end, True)]
+            cursor = end
+        segments.append((cursor, len(text), False))
+        segments = [seg for seg in segments if seg[1] > seg[0]]
+        ids: List[int] = []
+        char_starts, token_starts, encodings = [], [], []
+        for start, end, escaped in segments:
+            e = (self.escaping if escaped else self.backend).encode(text[start:end], add_special_tokens=False)
+            char_starts.append(start)
+            token_starts.append(len(ids))
+            encodings.append(e)
+            ids.extend(e.ids)
+        return Encoded(ids, char_starts or [0], token_starts or [0], encodings or [None])
+
+    def _encode(self, texts: List[str]) -> List[Encoded]:
+        if not texts:
+            return []
         if self.pattern is None:
             return self._whole(texts)
         pieces = [[p for p in self.pattern.split(text) if p] for text in texts]

@@ -12,13 +12,24 @@ Formats (named in `data.sources[].format`, or detected from a record's keys with
             the built-in table `SHAREGPT_ROLES` (human -> user, gpt -> assistant). Any other role name (`model`,
             `bot`, a typo such as `asistant`) is an error unless `data.role_aliases` maps it, e.g.
             `role_aliases: {model: assistant}`. A system message may only come first; the last turn must be the
-            assistant's.
+            assistant's; a conversation without any user turn is rejected (`no_user_turn`: the reply would answer
+            nothing), one that opens with the assistant before a later user turn is kept with a warning
+            (`opens_with_assistant`). An assistant turn's `reasoning_content` (Qwen3's field) becomes a `<think>` block
+            before the reply with `data.enable_thinking=true` (exactly what Qwen3's template renders from the field);
+            with thinking off it is dropped and counted (`reasoning_dropped`).
 - alpaca    `{"instruction", "input" (optional), "output"}`. user = instruction + "\\n\\n" + input.
-            A list or dict output (seed 001's keywords) becomes JSON text, e.g. `["진통", "소염"]`.
+            A list or dict output (seed 001's keywords) becomes JSON text, e.g. `["진통", "소염"]`. A list must be a
+            non-empty list of non-empty strings (an empty list, null, a number or a nested list is rejected, naming
+            the element, e.g. `output[2]`).
 - raft      `{"instruction", "context" (list of passages or one string), "question", "answer", "cot" (optional)}`.
             user = instruction, the passages as "[문서 1] ...", then "질문: ...". `data.shuffle_passages` shuffles the
-            passages with a seed derived from the question (the same record always gets the same order).
+            passages with a seed derived from the question (the same record always gets the same order). A passage
+            that already starts with its own label ("[문서2] ...", "[Document 2]") loses it: each passage is labelled
+            once, by its shown position.
             With `data.include_reasoning` and a cot: assistant = "추론: <cot>\\n\\n답변: <answer>", else the answer alone.
+            The answer is written once: a final-answer section the cot ends with ("<ANSWER>: ..." as in the RAFT
+            paper, or a "답변: ..." line) is removed from the reasoning (counted as `raft_answer_in_cot`), and an
+            answer that starts with such a label loses it.
 - columns   one column per role (seed 002):
             `data.sources[].columns: {system: system_prompt, user: user_prompt, assistant: assistant}`.
             Detected when a record has `user_prompt`/`system_prompt` keys; then that mapping is the default.
@@ -30,6 +41,9 @@ Formats (named in `data.sources[].format`, or detected from a record's keys with
 In every format `data.sources[].system_prompt` is added as the first message when the record has no system message.
 Assistant targets that are lists or dicts are JSON-encoded with `ensure_ascii=False`; numbers, booleans and null are
 errors (write them as strings), so nothing is silently converted.
+
+A record that is kept but changed, or worth a look, gets a `RecordWarning` in the `warnings` list the caller passes
+(counted by reason in the data report, like rejections).
 """
 
 from __future__ import annotations
@@ -38,6 +52,8 @@ import difflib
 import hashlib
 import json
 import random
+import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 if TYPE_CHECKING:  # the schema imports this module for its format names
@@ -55,6 +71,13 @@ PASSAGE_LABEL = "[문서 {n}]"
 QUESTION_LABEL = "질문: "
 REASONING_LABEL = "추론: "
 ANSWER_LABEL = "답변: "
+# A label a passage may already start with: "[문서2]", "[문서 2]", "[Document 2]:", "[doc 3]", "[Passage 1]".
+OWN_PASSAGE_LABEL = re.compile(r"\A\s*\[\s*(?:문서|문맥|document|doc|passage|context)\s*\d+\s*\]\s*[:.]?\s*", re.I)
+# Where a cot's own final answer starts: "<ANSWER>:" anywhere (the RAFT paper's marker), or a line starting with "답변:".
+COT_ANSWER = re.compile(r"<ANSWER>\s*:|(?:^|\n)[ \t]*" + re.escape(ANSWER_LABEL.strip()))
+# The same labels at the start of an answer.
+ANSWER_PREFIX = re.compile(r"\A\s*(?:<ANSWER>\s*:|" + re.escape(ANSWER_LABEL.strip()) + r")[ \t]*")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 # What each format needs, as shown in error messages.
 FORMAT_FIELDS = {
@@ -89,6 +112,18 @@ class RecordError(ValueError):
         self.hint = hint
         self.field = field
         super().__init__(describe(field, problem, hint))
+
+
+@dataclass(frozen=True)
+class RecordWarning:
+    """A record kept but changed, or worth a look: reason (a short stable code), field, what happened."""
+
+    reason: str
+    field: Optional[str]
+    problem: str
+
+    def __str__(self) -> str:
+        return describe(self.field, self.problem, "")
 
 
 def describe(field: Optional[str], problem: str, hint: str) -> str:
@@ -156,18 +191,21 @@ def required_columns(source: DataSource) -> List[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def to_messages(record: dict, source: DataSource, data: DataConfig, seed: int = 0) -> List[Dict[str, str]]:
-    """Validated [{'role', 'content'}] messages for one record. Raises RecordError on anything a user must fix."""
+def to_messages(record: dict, source: DataSource, data: DataConfig, seed: int = 0,
+                warnings: Optional[List[RecordWarning]] = None) -> List[Dict[str, str]]:
+    """Validated [{'role', 'content'}] messages for one record. Raises RecordError on anything a user must fix; appends
+    a RecordWarning to `warnings` (when given) for what it keeps but changes."""
+    warnings = [] if warnings is None else warnings
     if not isinstance(record, dict):
         raise RecordError("bad_type", f"a record must be a JSON object, got {type(record).__name__}",
                           "Write one object per record.")
     fmt = resolve_format(record, source)
     if fmt == "messages":
-        messages = _from_messages(record, data.role_aliases)
+        messages = _from_messages(record, data, warnings)
     elif fmt == "alpaca":
         messages = _from_alpaca(record)
     elif fmt == "raft":
-        messages = _from_raft(record, source, data, seed)
+        messages = _from_raft(record, source, data, seed, warnings)
     elif fmt == "columns":
         messages = _from_columns(record, source.columns or DEFAULT_COLUMNS, explicit=bool(source.columns))
     elif fmt == "qa":
@@ -182,7 +220,8 @@ def to_messages(record: dict, source: DataSource, data: DataConfig, seed: int = 
     return messages
 
 
-def _from_messages(record: dict, role_aliases: Dict[str, str]) -> List[Dict[str, str]]:
+def _from_messages(record: dict, data: DataConfig, warnings: List[RecordWarning]) -> List[Dict[str, str]]:
+    role_aliases = data.role_aliases
     key = "messages" if "messages" in record else "conversations"
     turns = record[key]
     if turns is None:
@@ -217,6 +256,8 @@ def _from_messages(record: dict, role_aliases: Dict[str, str]) -> List[Dict[str,
         if role != "system" and not content.strip():
             raise RecordError("empty_content", f"the {role} turn is empty",
                               "Write the turn's text or remove the record.", f"{where}.{content_key}")
+        if role == "assistant":
+            content = _with_reasoning(turn, content, data.enable_thinking, where, content_key, warnings)
         messages.append({"role": role, "content": content})
 
     if all(m["role"] == "system" for m in messages):
@@ -226,7 +267,42 @@ def _from_messages(record: dict, role_aliases: Dict[str, str]) -> List[Dict[str,
         raise RecordError("ends_on_user", "the conversation ends on a user turn, so there is no reply to learn",
                           "Add the assistant's reply as the last turn, or drop the trailing user turn.",
                           f"{key}[{len(messages) - 1}]")
+    first = next(i for i, m in enumerate(messages) if m["role"] != "system")
+    if not any(m["role"] == "user" for m in messages):
+        raise RecordError("no_user_turn", "the conversation has no user turn, so the reply answers nothing",
+                          "Add the user's message before the reply, or remove the record.", f"{key}[{first}]")
+    if messages[first]["role"] == "assistant":
+        warnings.append(RecordWarning("opens_with_assistant", f"{key}[{first}]",
+                                      "the conversation opens with the assistant: that turn is trained as a reply to "
+                                      "the system prompt alone (Gemma's template refuses such a conversation)"))
     return messages
+
+
+def _with_reasoning(turn: dict, content: str, thinking: bool, where: str, content_key: str,
+                    warnings: List[RecordWarning]) -> str:
+    """An assistant turn's text with its `reasoning_content` as a <think> block before it (thinking mode), or without
+    it (no-think mode: dropped and counted). A reply that is only a think block has no answer and is refused."""
+    answer = content.split(THINK_CLOSE)[-1] if THINK_CLOSE in content else content
+    if not answer.strip():
+        raise RecordError("empty_content", "the reply is only a think block, with no answer after it",
+                          "Write the answer after </think>, or remove the record.", f"{where}.{content_key}")
+    reasoning = turn.get("reasoning_content")
+    if reasoning is None:
+        return content
+    reasoning = _content(reasoning, f"{where}.reasoning_content")
+    if not reasoning.strip():
+        return content
+    if not thinking:
+        warnings.append(RecordWarning("reasoning_dropped", f"{where}.reasoning_content",
+                                      "dropped: data.enable_thinking=false trains the answer alone (set it to true to "
+                                      "train the reasoning)"))
+        return content
+    if THINK_CLOSE in content:
+        raise RecordError("reasoning_twice", "the turn has both reasoning_content and a <think> block in its text",
+                          "Keep the reasoning in one place.", f"{where}.reasoning_content")
+    # Qwen3's template renders reasoning_content as exactly this block (reasoning stripped of newlines, answer lstripped
+    # of them)
+    return f"{THINK_OPEN}\n{reasoning.strip(chr(10))}\n{THINK_CLOSE}\n\n{content.lstrip(chr(10))}"
 
 
 def _role(value: Any, role_aliases: Dict[str, str], sharegpt: bool, where: str) -> str:
@@ -272,12 +348,13 @@ def _from_alpaca(record: dict) -> List[Dict[str, str]]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": _target(record, "output", "alpaca")}]
 
 
-def _from_raft(record: dict, source: DataSource, data: DataConfig, seed: int) -> List[Dict[str, str]]:
+def _from_raft(record: dict, source: DataSource, data: DataConfig, seed: int,
+               warnings: List[RecordWarning]) -> List[Dict[str, str]]:
     instruction = _optional_text(record, "instruction")
     if instruction is None:
         instruction = source.instruction
     question = _required_text(record, "question", "raft")
-    passages = _passages(record)
+    passages = [OWN_PASSAGE_LABEL.sub("", p, count=1) for p in _passages(record)]  # labelled once, below
     if data.shuffle_passages and len(passages) > 1:
         passages = shuffled_passages(passages, question, seed)
     numbered = "\n\n".join(f"{PASSAGE_LABEL.format(n=n)} {p}" for n, p in enumerate(passages, 1))
@@ -286,6 +363,14 @@ def _from_raft(record: dict, source: DataSource, data: DataConfig, seed: int) ->
 
     answer = _required_text(record, "answer", "raft")
     cot = _optional_text(record, "cot")
+    if data.include_reasoning and cot and cot.strip():
+        marker = COT_ANSWER.search(cot)
+        if marker:  # the cot ends with its own final answer: the answer is written once, from `answer`
+            cot = cot[:marker.start()].rstrip()
+            warnings.append(RecordWarning("raft_answer_in_cot", "cot",
+                                          f"its final-answer section ({marker.group().strip()!r} ...) was removed; the "
+                                          f"answer is written once, after {ANSWER_LABEL.strip()!r}, from 'answer'"))
+        answer = ANSWER_PREFIX.sub("", answer, count=1) or answer
     if data.include_reasoning and cot and cot.strip():
         assistant = f"{REASONING_LABEL}{cot}\n\n{ANSWER_LABEL}{answer}"
     else:
@@ -312,7 +397,7 @@ def _passages(record: dict) -> List[str]:
         if not isinstance(passage, str):
             raise RecordError("non_text_content", f"must be text, got {_type_name(passage)}",
                               "Write every passage as a string.", f"context[{i}]")
-        if not passage.strip():
+        if not OWN_PASSAGE_LABEL.sub("", passage, count=1).strip():
             raise RecordError("empty_content", "is empty", "Remove the empty passage.", f"context[{i}]")
     return list(context)
 
@@ -358,9 +443,10 @@ def _from_keywords(record: dict, source: DataSource) -> List[Dict[str, str]]:
     if labels is None:
         raise RecordError("null_content", "is null", "Give the keywords as a list of strings, e.g. [\"진통\", \"파스\"].",
                           "labels")
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+    if not isinstance(labels, list):
         raise RecordError("bad_type", f"must be a list of strings, got {_type_name(labels)}",
                           "Give the keywords as a list of strings, e.g. [\"진통\", \"파스\"].", "labels")
+    _check_list(labels, "labels")
     instruction = source.instruction or DEFAULT_KEYWORD_INSTRUCTION
     return [{"role": "user", "content": f"{instruction}\n\n{text}"},
             {"role": "assistant", "content": json.dumps(labels, ensure_ascii=False)}]
@@ -391,12 +477,26 @@ def _target(record: dict, key: str, fmt: str) -> str:
     if key not in record:
         raise _missing(key, fmt)
     value = record[key]
+    if isinstance(value, list):
+        _check_list(value, key)
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False)
     value = _content(value, key)
     if not value.strip():
         raise RecordError("empty_content", "is empty", "Write the expected answer or remove the record.", key)
     return value
+
+
+def _check_list(value: list, key: str) -> None:
+    """A list target (keywords) must be a non-empty list of non-empty strings; the first offending element is named."""
+    hint = "A list answer must be keywords: a non-empty list of non-empty strings, e.g. [\"진통\", \"파스\"]."
+    if not value:
+        raise RecordError("bad_list", "is an empty list, so there is nothing to learn", hint, key)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise RecordError("bad_list", f"must be text, got {_type_name(item)}", hint, f"{key}[{i}]")
+        if not item.strip():
+            raise RecordError("bad_list", "is an empty string", hint, f"{key}[{i}]")
 
 
 def _missing(key: str, fmt: str, mapped: Optional[str] = None) -> RecordError:

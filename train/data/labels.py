@@ -7,7 +7,8 @@ How (no `{% generation %}` tags needed):
    assistant reply by its end-of-turn token). So a reply equal to the user's message, repeated identical replies, or a
    user typing '<|im_start|>assistant' never match the wrong place. Templates that trim text or strip Qwen3 <think>
    reasoning are handled by also trying those forms of the text.
-3. Tokenise the rendered text (`encoding.ConversationEncoder`: the ids of the whole text, computed piece by piece),
+3. Tokenise the rendered text (`encoding.ConversationEncoder`: the ids of the whole text, computed piece by piece;
+   message text holding special-token strings is escaped, below),
    and label every token that overlaps a trained span.
 
 The trained span of an assistant turn is its content plus the end-of-turn token (<|eot_id|>, <|im_end|>,
@@ -16,6 +17,12 @@ trained: Qwen3 with enable_thinking=false puts the empty '<think>\\n\\n</think>\
 so in that mode it is prompt (seed 004's layout); with enable_thinking=true the model writes the <think> block itself,
 so it is trained. Headers and end-of-turn strings are learnt by probing the template (`templates.template_layout`).
 
+Whitespace at the edges of a reply: its leading whitespace is removed before rendering (Llama-3 and Gemma trim it
+themselves; on Qwen3 a leading newline would merge with the header's own newline into one token, '\\n\\n', that the
+generation prompt never ends with); trailing whitespace is trained as the template writes it (it ends before the
+end-of-turn token, which is always a token of its own). Where a reply's text overlaps what the generation prompt
+writes (a reply that itself starts with Qwen3's empty think block), the overlap is prompt.
+
 data.train_on:
   assistant       every assistant turn (default)
   last_assistant  only the final assistant turn; earlier turns are context
@@ -23,17 +30,37 @@ data.train_on:
 
 In every mode the first token's label is -100: no token precedes it, so nothing predicts it, and in a packed row it
 must not be predicted from the previous sample's last token.
+
+Message text that holds the tokenizer's special-token strings ('<|im_start|>assistant' pasted by a user, '<|eot_id|>',
+'<start_of_turn>', a pad token) would be encoded as real control tokens, so one record could forge a turn or end one
+early. `data.special_tokens_in_content` decides, and every such conversation is reported either way:
+  escape  (default) the text of those messages is encoded as plain text (the tokenizer's `split_special_tokens`
+          semantics, for those messages' spans only; the template's own tokens and ordinary added tokens such as
+          Qwen3's '<think>' or domain tokens stay single tokens)
+  reject  the conversation is rejected ('special_tokens_in_content')
+  keep    encoded as the tokenizer does it, control tokens and all (the behaviour before this setting existed)
+(Reasoning given as `reasoning_content` reaches this module inside the message text: formats.py writes it as a <think>
+block.)
+
+A conversation that cannot be trained on gives a `RecordError` (reason, field, what and how to fix), never an
+exception out of a batch: a chat template that refuses it (Gemma: "roles must alternate"), a reply the template
+rewrites, reasoning in no-think mode, no labelled token.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Dict, List, Optional, Tuple, Union
+
+import jinja2
 
 from train.config import DataConfig
 from train.data import IGNORE_INDEX
 from train.data.encoding import ConversationEncoder, Encoded
-from train.data.templates import TemplateLayout, render, template_layout
+from train.data.formats import RecordError
+from train.data.templates import TemplateLayout, render, special_strings, template_layout
 
+Span = Tuple[int, int]
 
 
 def _variants(content: str, role: str) -> List[str]:
@@ -65,13 +92,22 @@ def _find_followed(text: str, forms: List[str], start: int, ends: Tuple[str, ...
     return best
 
 
-def assistant_spans(text: str, messages: List[dict], layout: TemplateLayout) -> List[Tuple[int, int]]:
+def assistant_spans(text: str, messages: List[dict], layout: TemplateLayout) -> List[Span]:
     """Character span [start, end) of each assistant message's trained part in `text`, in message order.
 
-    Raises ValueError when an assistant message cannot be located (the template rewrites it) or when a turn renders
-    text before its content that the generation prompt does not (training on text the model is never asked to write).
+    Raises RecordError (a ValueError) when an assistant message cannot be located (the template rewrites it) or when a
+    turn renders text before its content that the generation prompt does not (training on text the model is never
+    asked to write).
     """
-    spans = []
+    return _walk(text, messages, layout)[0]
+
+
+def _walk(text: str, messages: List[dict], layout: TemplateLayout) -> Tuple[List[Span], List[Optional[Span]]]:
+    """(trained spans of the assistant messages, the span of each message's text in `text` or None where the template
+    dropped or rewrote a system/user message). An assistant message's text span runs from where its trained part
+    starts (after the header, or after what the generation prompt writes) to the end of its text."""
+    spans: List[Span] = []
+    texts: List[Optional[Span]] = []
     cursor = 0
     header, gen = layout.assistant_header, layout.generation_prompt
     # Text the generation prompt writes after the header (Qwen3 no-think: the empty think block), and its last piece
@@ -81,37 +117,50 @@ def assistant_spans(text: str, messages: List[dict], layout: TemplateLayout) -> 
     for i, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
         if not isinstance(content, str):
-            raise ValueError(f"message {i} ({role}): content must be text, got {type(content).__name__}")
+            raise RecordError("non_text_content", f"message {i} ({role}): content must be text, got "
+                              f"{type(content).__name__}")
         forms = _variants(content, role)
         if role != "assistant":
             end = layout.system_end if role == "system" else layout.user_end
             found = _find_followed(text, forms, cursor, (end,) if end else ())
+            texts.append(None if found is None else (found[0], found[0] + found[1]))
             if found is not None:  # not found: a template that drops or rewrites it; assistant search still anchors
                 cursor = found[0] + found[1] + len(found[2])
             continue
         turn = text.find(header, cursor)
         if turn == -1:
-            raise ValueError(f"message {i} (assistant): no assistant header {header!r} after the previous message in "
-                             f"the rendered text")
+            raise RecordError("template_rewrites_reply", f"message {i} (assistant): no assistant header {header!r} "
+                              f"after the previous message in the rendered text", _BUILT_IN)
         body = turn + len(header)
         found = _find_followed(text, forms, body, layout.assistant_ends)
         if found is None:
-            raise ValueError(f"message {i} (assistant): its text, followed by the end-of-turn "
-                             f"{layout.end_of_turn!r}, does not appear in the rendered conversation; the chat template "
-                             f"rewrites it. Use a built-in template (data.template)")
+            raise RecordError("template_rewrites_reply", f"message {i} (assistant): its text, followed by the "
+                              f"end-of-turn {layout.end_of_turn!r}, does not appear in the rendered conversation; the "
+                              f"chat template rewrites it", _BUILT_IN)
         pos, length, end = found
-        if prompt_extra and text.startswith(gen, turn) and turn + len(gen) <= pos:
-            start = turn + len(gen)  # what the generation prompt writes (e.g. an empty think block) is prompt
+        if prompt_extra and text.startswith(gen, turn):
+            # What the generation prompt writes (an empty think block and its newlines) is prompt, also where the
+            # reply's own text starts with the same characters (an explicit empty think block, a leading newline).
+            start = turn + len(gen)
+            if pos + length <= start:
+                raise RecordError("empty_content", f"message {i} (assistant): nothing of the reply is left after "
+                                  f"what the generation prompt writes ({prompt_extra!r})",
+                                  "Write the answer, or remove the record")
         else:
             start = body
             if prompt_extra and (pos > body or (closing and closing in text[body: pos + length])):
-                raise ValueError(
+                raise RecordError(
+                    "reasoning_without_thinking",
                     f"message {i} (assistant): the template writes {text[body:pos + length][:60]!r}, but the "
-                    f"generation prompt is {gen!r}: the model would be trained on text it never writes at inference. "
-                    f"For Qwen3 <think> reasoning set data.enable_thinking=true, or remove the reasoning")
+                    f"generation prompt is {gen!r}: the model would be trained on text it never writes at inference",
+                    "For Qwen3 <think> reasoning set data.enable_thinking=true, or remove the reasoning")
         spans.append((start, pos + length + len(end)))
+        texts.append((start, pos + length))
         cursor = pos + length + len(end)
-    return spans
+    return spans, texts
+
+
+_BUILT_IN = "Use a built-in template (data.template)"
 
 
 def _token_range(encoding, start: int, end: int, n_chars: int) -> Tuple[int, int]:
@@ -138,30 +187,96 @@ def template_strings(layout: TemplateLayout) -> List[str]:
 
 
 def tokenize_conversations(tokenizer, conversations: List[List[dict]], data: DataConfig,
-                           encoder: Optional[ConversationEncoder] = None) -> List[Union[Dict[str, List[int]], str]]:
-    """`tokenize_conversation` for a batch: one dict or, for a conversation that cannot be trained on, the reason (a
-    string), per conversation. The batch is tokenised in one call (`ConversationEncoder`); pass the same `encoder` for
-    every batch of a corpus so the pieces that repeat (system prompts, headers) are encoded once."""
+                           encoder: Optional[ConversationEncoder] = None) -> List[Union[Dict, RecordError]]:
+    """`tokenize_conversation` for a batch: per conversation, {'input_ids', 'labels'} (plus 'special_tokens', a
+    description of the special-token strings its messages hold, when they hold any) or, for a conversation that cannot
+    be trained on, a RecordError saying why. The batch is tokenised in one call (`ConversationEncoder`); pass the same
+    `encoder` for every batch of a corpus so the pieces that repeat (system prompts, headers) are encoded once."""
     layout = template_layout(tokenizer, data)
     encoder = encoder or ConversationEncoder(tokenizer, template_strings(layout))
-    results: List[Union[Dict[str, List[int]], str]] = []
-    todo = []  # (index, text, spans)
+    finder = _special_finder(tokenizer)
+    policy = data.special_tokens_in_content
+    results: List[Union[Dict, RecordError]] = []
+    todo = []  # (index, text, spans, escaped regions, special-token description)
     for i, messages in enumerate(conversations):
         if not any(m.get("role") == "assistant" for m in messages):
-            results.append("conversation has no assistant message: nothing to train on")
+            results.append(RecordError("no_assistant", "conversation has no assistant message: nothing to train on"))
+            continue
+        messages = [{**m, "content": m["content"].lstrip()} if m.get("role") == "assistant"
+                    and isinstance(m.get("content"), str) else m for m in messages]
+        found = {j: hits for j, m in enumerate(messages) if (hits := finder(m.get("content")))}
+        described = "; ".join(f"messages[{j}] ({messages[j].get('role')}): {', '.join(map(repr, hits))}"
+                              for j, hits in found.items())
+        if found and policy == "reject":
+            results.append(RecordError("special_tokens_in_content", f"holds special-token text of this tokenizer "
+                                       f"({described})", _SPECIAL_HINT))
             continue
         try:
             text = render(tokenizer, messages, data)
-            spans = assistant_spans(text, messages, layout)
-        except ValueError as e:
-            results.append(str(e))
+        except jinja2.TemplateError as e:
+            results.append(RecordError("template_error", f"the chat template refuses this conversation ({e})",
+                                       "Fix the turns (Gemma's template needs user and assistant turns alternating, "
+                                       "starting with the user, after an optional system message), or choose another "
+                                       "data.template"))
             continue
-        results.append("")
-        todo.append((i, text, spans))
-    encoded = encoder.encode([text for _, text, _ in todo]) if todo else []
-    for (i, text, spans), enc in zip(todo, encoded):
-        results[i] = _labelled(enc, len(text), spans, layout, data)
+        try:
+            spans, texts = _walk(text, messages, layout)
+        except RecordError as e:
+            results.append(e)
+            continue
+        escaped = []
+        if found and policy == "escape":
+            lost = [j for j in found if texts[j] is None]
+            if lost or not encoder.can_split:
+                why = (f"messages {lost} cannot be located in the rendered text (the template rewrites them)" if lost
+                       else "this tokenizer cannot encode part of a text on its own (Metaspace prepend_scheme=first)")
+                results.append(RecordError("special_tokens_in_content", f"holds special-token text ({described}) "
+                                           f"that cannot be escaped: {why}", _SPECIAL_HINT))
+                continue
+            escaped = sorted(texts[j] for j in found)
+        results.append({})
+        todo.append((i, text, spans, escaped, described))
+    encoded = encoder.encode([t[1] for t in todo], [t[3] for t in todo]) if todo else []
+    for (i, text, spans, _, described), enc in zip(todo, encoded):
+        result = _labelled(enc, len(text), spans, layout, data)
+        if described and isinstance(result, dict):
+            result["special_tokens"] = described
+        results[i] = result
     return results
+
+
+_SPECIAL_HINT = ("Remove the control-token text from the record, or set data.special_tokens_in_content: escape "
+                 "(encode it as plain text) or keep (encode it as control tokens)")
+_finders: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {vocab size: finder}
+
+
+def _special_finder(tokenizer):
+    """A function text -> the special-token strings of `tokenizer` it holds, in order (leftmost-longest, as the
+    tokenizer matches them). Only the tokenizer's special tokens count: ordinary added tokens (Qwen3's '<think>',
+    domain tokens) are text the model is meant to read and write."""
+    per_tokenizer = _finders.setdefault(tokenizer, {})
+    if len(tokenizer) not in per_tokenizer:
+        by_first: Dict[str, List[str]] = {}
+        for s in special_strings(tokenizer):  # longest first
+            by_first.setdefault(s[0], []).append(s)
+
+        def find(text) -> List[str]:
+            hits: List[str] = []
+            if not isinstance(text, str) or not by_first:
+                return hits
+            i = 0
+            while True:
+                starts = [p for p in (text.find(c, i) for c in by_first) if p != -1]
+                if not starts:
+                    return hits
+                p = min(starts)
+                hit = next((s for s in by_first[text[p]] if text.startswith(s, p)), None)
+                if hit:
+                    hits.append(hit)
+                i = p + (len(hit) if hit else 1)
+
+        per_tokenizer[len(tokenizer)] = find
+    return per_tokenizer[len(tokenizer)]
 
 
 def tokenize_conversation(tokenizer, messages: List[dict], data: DataConfig) -> Dict[str, List[int]]:
@@ -169,16 +284,16 @@ def tokenize_conversation(tokenizer, messages: List[dict], data: DataConfig) -> 
 
     The template's text is tokenised without added special tokens; a BOS the tokenizer normally prepends is prepended
     once when the template did not write it, and a doubled BOS at the start is reduced to one.
-    Raises ValueError with the reason when no assistant token would be trained.
+    Raises RecordError (a ValueError) with the reason when no assistant token would be trained.
     """
     result = tokenize_conversations(tokenizer, [messages], data)[0]
-    if isinstance(result, str):
-        raise ValueError(result)
-    return result
+    if isinstance(result, RecordError):
+        raise result
+    return {"input_ids": result["input_ids"], "labels": result["labels"]}
 
 
-def _labelled(encoding: Encoded, n_chars: int, spans: List[Tuple[int, int]], layout: TemplateLayout,
-              data: DataConfig) -> Union[Dict[str, List[int]], str]:
+def _labelled(encoding: Encoded, n_chars: int, spans: List[Span], layout: TemplateLayout,
+              data: DataConfig) -> Union[Dict[str, List[int]], RecordError]:
     """Ids (with the BOS rule) and labels of one tokenised conversation, or the reason nothing would be trained."""
     ids = encoding.ids
     shift = 0  # token index in `ids` = encoding index + shift
@@ -202,6 +317,7 @@ def _labelled(encoding: Encoded, n_chars: int, spans: List[Tuple[int, int]], lay
     if labels:
         labels[0] = IGNORE_INDEX
     if trained_assistant == 0 or labels.count(IGNORE_INDEX) == len(labels):
-        return (f"no assistant token is labelled (data.train_on={data.train_on}); the sample would train on nothing. "
-                f"Check that the conversation has a non-empty assistant reply")
+        return RecordError("no_trainable_tokens", f"no assistant token is labelled (data.train_on={data.train_on}); "
+                           f"the sample would train on nothing", "Check that the conversation has a non-empty "
+                           "assistant reply")
     return {"input_ids": ids, "labels": labels}

@@ -31,7 +31,7 @@ from datasets.arrow_writer import ArrowWriter
 
 from train.config import Config, DataConfig, DataSource, to_dict
 from train.data.encoding import ConversationEncoder
-from train.data.formats import RecordError, to_messages
+from train.data.formats import RecordError, RecordWarning, to_messages
 from train.data.labels import template_strings, tokenize_conversations
 from train.data import IGNORE_INDEX
 from train.data.packing import handle_overlong, pack_bfd
@@ -42,7 +42,7 @@ from train.data.sources import iter_raw_records, mix_indices, resolve_files
 from train.data.templates import template_layout
 
 COMPLETE = "COMPLETE"
-FINGERPRINT_VERSION = "3"
+FINGERPRINT_VERSION = "4"  # 4: special-token text escaped, reply whitespace, reasoning_content, RAFT labels
 TRAIN_FILE, EVAL_FILE = "train.arrow", "eval.arrow"  # the rows, written once by _write_rows and memory-mapped
 
 
@@ -117,16 +117,20 @@ def _digest(messages: List[Dict[str, str]]) -> str:
     return hashlib.blake2b(normalize(_key(messages)).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def _conversations(sources: List[DataSource], data: DataConfig, seed: int, rejects: Rejects) -> Iterator[Dict[str, Any]]:
+def _conversations(sources: List[DataSource], data: DataConfig, seed: int, rejects: Rejects,
+                   warnings: Rejects) -> Iterator[Dict[str, Any]]:
     """Every valid record of every source as {'messages', 'digest', 'source', 'file', 'line', 'unit'}; bad records
-    raise or are counted."""
+    raise or are counted in `rejects`, records kept but changed are counted in `warnings`."""
     for index, source in enumerate(sources):
-        for raw in iter_raw_records(source, data.on_error, rejects):
+        for raw in iter_raw_records(source, data.on_error, rejects, warnings):
+            notes: List[RecordWarning] = []
             try:
-                messages = to_messages(raw.data, source, data, seed=seed)
+                messages = to_messages(raw.data, source, data, seed=seed, warnings=notes)
             except RecordError as e:
                 raise_or_count(e, raw.file, raw.line, data.on_error, rejects, unit=raw.unit)
                 continue
+            for note in notes:
+                warnings.add(note.reason, raw.file, raw.line, str(note), unit=raw.unit)
             yield {"messages": messages, "digest": _digest(messages), "source": index, "file": raw.file,
                    "line": raw.line, "unit": raw.unit}
 
@@ -160,10 +164,10 @@ TOKEN_LISTS = {"input_ids": datasets.Sequence(datasets.Value("int32")),
                "labels": datasets.Sequence(datasets.Value("int32"))}
 
 
-def _read_all(sources: List[DataSource], data: DataConfig, seed: int, rejects: Rejects, workdir: Path,
-              name: str) -> datasets.Dataset:
+def _read_all(sources: List[DataSource], data: DataConfig, seed: int, rejects: Rejects, warnings: Rejects,
+              workdir: Path, name: str) -> datasets.Dataset:
     """Stream the conversations into an on-disk Arrow table (memory stays bounded as the corpus grows)."""
-    return _to_arrow(_conversations(sources, data, seed, rejects), CONVERSATION_FEATURES,
+    return _to_arrow(_conversations(sources, data, seed, rejects, warnings), CONVERSATION_FEATURES,
                      workdir / f"conversations-{name}.arrow")
 
 
@@ -172,23 +176,33 @@ def _column(dataset: datasets.Dataset, name: str) -> np.ndarray:
     return dataset.select_columns([name]).with_format("arrow")[:].column(name).to_numpy(zero_copy_only=False)
 
 
-def _tokenize(dataset: datasets.Dataset, tokenizer, data: DataConfig, rejects: Rejects, name: str) -> datasets.Dataset:
+SPECIAL_TOKENS_WARNING = {"escape": "special_tokens_escaped", "keep": "special_tokens_kept"}
+
+
+def _tokenize(dataset: datasets.Dataset, tokenizer, data: DataConfig, rejects: Rejects, warnings: Rejects,
+              name: str):
     """Template + assistant-only labels for every conversation, in batches written to Arrow; adds `length` (tokens).
-    A conversation with no trainable token raises or is counted (data.on_error) and is left out."""
+    Returns (tokenized samples, the indices in `dataset` of the conversations they come from).
+    A conversation that cannot be trained on (labels.py's RecordError: a template that refuses it, no trainable token,
+    special-token text under data.special_tokens_in_content=reject, ...) raises or is counted (data.on_error) and is
+    left out; special-token text that is escaped or kept is counted in `warnings`."""
     encoder = ConversationEncoder(tokenizer, template_strings(template_layout(tokenizer, data)))
 
     def fn(batch):
-        out: Dict[str, list] = {"input_ids": [], "labels": [], "length": [], "error": []}
+        out: Dict[str, list] = {"input_ids": [], "labels": [], "length": [], "error": [], "special_tokens": []}
         for sample in tokenize_conversations(tokenizer, batch["messages"], data, encoder):
-            error = sample if isinstance(sample, str) else ""
-            ids, labels = ([], []) if error else (sample["input_ids"], sample["labels"])
+            failed = isinstance(sample, RecordError)
+            ids, labels = ([], []) if failed else (sample["input_ids"], sample["labels"])
             out["input_ids"].append(ids)
             out["labels"].append(labels)
             out["length"].append(len(ids))
-            out["error"].append(error)
+            out["error"].append(json.dumps({"reason": sample.reason, "problem": sample.problem, "hint": sample.hint,
+                                            "field": sample.field}, ensure_ascii=False) if failed else "")
+            out["special_tokens"].append("" if failed else sample.get("special_tokens", ""))
         return out
 
     features = datasets.Features({**TOKEN_LISTS, "length": datasets.Value("int32"), "error": datasets.Value("string"),
+                                  "special_tokens": datasets.Value("string"),
                                   **{k: v for k, v in CONVERSATION_FEATURES.items() if k != "messages"}})
     # new_fingerprint: our cache already has a fingerprint; without it datasets hashes the tokenizer (seconds).
     tokenized = dataset.map(fn, batched=True, batch_size=TOKENIZE_BATCH, writer_batch_size=TOKENIZE_BATCH,
@@ -198,14 +212,20 @@ def _tokenize(dataset: datasets.Dataset, tokenizer, data: DataConfig, rejects: R
     errors = np.flatnonzero(_column(tokenized, "error") != "")
     for i in errors.tolist():
         row = tokenized[i]
-        err = RecordError("no_trainable_tokens", row["error"], field="messages",
-                          hint="Check the conversation has a non-empty assistant turn, or set data.on_error=skip")
+        err = RecordError(**json.loads(row["error"]))
         raise_or_count(err, row["file"], row["line"], data.on_error, rejects, unit=row["unit"])
+    for i in np.flatnonzero(_column(tokenized, "special_tokens") != "").tolist():
+        row = tokenized[i]
+        action = ("encoded as plain text" if data.special_tokens_in_content == "escape"
+                  else "encoded as control tokens (data.special_tokens_in_content=keep)")
+        warnings.add(SPECIAL_TOKENS_WARNING[data.special_tokens_in_content], row["file"], row["line"],
+                     f"special-token text {action}: {row['special_tokens']}", unit=row["unit"])
+    keep = np.ones(len(tokenized), dtype=bool)
+    keep[errors] = False
+    kept = np.flatnonzero(keep)
     if len(errors):
-        keep = np.ones(len(tokenized), dtype=bool)
-        keep[errors] = False
-        tokenized = tokenized.select(np.flatnonzero(keep))
-    return tokenized.remove_columns(["error"])
+        tokenized = tokenized.select(kept)
+    return tokenized.remove_columns(["error", "special_tokens"]), kept
 
 
 def _sample(samples: datasets.Dataset, i: int) -> Dict[str, List[int]]:
@@ -346,10 +366,11 @@ def build(cfg: Config, tokenizer, out: Path) -> DataReport:
     """Run every stage and write the dataset and report into `out` (a fresh folder)."""
     data, seed = cfg.data, cfg.train.seed
     workdir = out / "_work"
-    rejects = Rejects()
+    rejects, warnings = Rejects(), Rejects()
     t0 = time.time()
 
-    conversations = _read_all(cfg.data.sources, data, seed, rejects, workdir, "train")
+    conversations = _read_all(cfg.data.sources, data, seed, rejects, warnings, workdir, "train")
+    records_read = len(conversations) + rejects.total  # every record met in the training sources, usable or not
     if len(conversations) == 0:
         raise DataError("no_records", f"no usable records in data.sources ({', '.join(s.path for s in cfg.data.sources)}); "
                         f"rejected by reason: {rejects.by_reason() or 'none'}",
@@ -375,7 +396,7 @@ def build(cfg: Config, tokenizer, out: Path) -> DataReport:
 
     if data.eval_sources:
         train_conv = conversations
-        eval_conv = _read_all(cfg.data.eval_sources, data, seed, rejects, workdir, "eval")
+        eval_conv = _read_all(cfg.data.eval_sources, data, seed, rejects, warnings, workdir, "eval")
     elif data.validation_split > 0:
         train_idx, eval_idx = split_train_eval(digests, data.validation_split, seed)
         eval_idx = eval_idx[: data.max_eval_samples]
@@ -393,7 +414,7 @@ def build(cfg: Config, tokenizer, out: Path) -> DataReport:
         pairs = mix_indices([len(by_source[i]) for i in range(len(weights))], weights, seed)
         train_conv = train_conv.select([by_source[s][r] for s, r in pairs])
 
-    train_tok = _tokenize(train_conv, tokenizer, data, rejects, "train")
+    train_tok, _ = _tokenize(train_conv, tokenizer, data, rejects, warnings, "train")
     if len(train_tok) == 0:
         raise DataError("no_records", f"every training record was rejected: {rejects.by_reason()}",
                         "Read data_report.md for examples of each reason")
@@ -407,17 +428,20 @@ def build(cfg: Config, tokenizer, out: Path) -> DataReport:
                         "Raise data.max_length, or set data.overlong=split")
     eval_rows, eval_counts = None, None
     if eval_conv is not None and len(eval_conv):
-        eval_tok = _tokenize(eval_conv, tokenizer, data, rejects, "eval")
-        eval_rows, eval_counts = _rows(eval_tok, data, workdir, "eval", out / EVAL_FILE)
-        eval_conv.select_columns(["messages", "source", "file", "line"]).to_json(
-            str(out / "eval_conversations.jsonl"), force_ascii=False)
+        eval_tok, kept = _tokenize(eval_conv, tokenizer, data, rejects, warnings, "eval")
+        if len(eval_tok):  # the held-out conversations that were not rejected, for `launch eval`
+            eval_rows, eval_counts = _rows(eval_tok, data, workdir, "eval", out / EVAL_FILE)
+            eval_conv.select(kept).select_columns(["messages", "source", "file", "line"]).to_json(
+                str(out / "eval_conversations.jsonl"), force_ascii=False)
 
     token_lengths = length_percentiles(lengths)
     token_lengths.update(max_length=data.max_length, over_max_length=int((lengths > data.max_length).sum()))
     report = DataReport(
         sources=[{"path": s.path, "format": s.format, "weight": s.weight, "records": per_source[i]}
                  for i, s in enumerate(cfg.data.sources)],
+        records_read=records_read,
         rejects=rejects.to_dict(),
+        warnings=warnings.to_dict(),
         duplicates={"mode": data.dedup, "exact_removed": n_exact, "near_removed": n_near,
                     **({"threshold": data.near_dup_threshold} if data.dedup == "near" else {})},
         overlong={"mode": data.overlong, **train_counts["overlong"]},

@@ -1,7 +1,8 @@
 """Data quality: rejected-record bookkeeping, exact and near-duplicate detection, the train/eval split, length stats.
 
 - `DataError` is the error a user sees for bad data: "<file>:<line>: <field>: <what is wrong>. <how to fix>".
-- `Rejects` counts records skipped under `data.on_error: skip`, by reason, with a few examples each.
+- `Rejects` counts records skipped under `data.on_error: skip`, by reason, with a few examples each and the first
+  place each reason occurred; the same tally counts the warnings (records kept but changed, or worth a look).
 - `raise_or_count` applies `data.on_error` to one problem: raise a DataError, or count it.
 - `exact_duplicates` / `near_duplicates` flag records that repeat an earlier one (MinHash + LSH, verified exactly).
 - `split_train_eval` decides each record's side by a hash of seed + text, so the split is stable as data grows.
@@ -45,15 +46,18 @@ class DataError(UserError, ValueError):
 
 
 class Rejects:
-    """Records left out under on_error=skip: a count per reason and up to 5 examples 'file:line: message' each."""
+    """Records left out under on_error=skip (or, for warnings, kept): a count per reason, up to 5 examples
+    'file:line: message' each, and the first 'file:line' of each reason."""
 
     def __init__(self):
         self.counts: Dict[str, int] = {}
         self.examples: Dict[str, List[str]] = {}
+        self.first: Dict[str, str] = {}
 
     def add(self, reason: str, file: str, line: Optional[int], message: str, count: int = 1,
             unit: Optional[str] = None) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + count
+        self.first.setdefault(reason, where(file, line, unit))
         examples = self.examples.setdefault(reason, [])
         if len(examples) < EXAMPLES_PER_REASON:
             examples.append(f"{where(file, line, unit)}: {message}")
@@ -69,11 +73,14 @@ class Rejects:
     def merge(self, other: "Rejects") -> None:
         for reason, count in other.counts.items():
             self.counts[reason] = self.counts.get(reason, 0) + count
+            if reason in other.first:
+                self.first.setdefault(reason, other.first[reason])
             room = EXAMPLES_PER_REASON - len(self.examples.setdefault(reason, []))
             self.examples[reason].extend(other.examples.get(reason, [])[:max(room, 0)])
 
     def to_dict(self) -> dict:
         return {"total": self.total, "by_reason": self.by_reason(),
+                "first": {reason: self.first[reason] for reason in self.by_reason() if reason in self.first},
                 "examples": {reason: list(self.examples.get(reason, [])) for reason in self.by_reason()}}
 
 

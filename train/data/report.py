@@ -4,15 +4,22 @@
 (row and conversation counts), the memory check (the share of labelled tokens, the longest sample), the model card
 and `python -m launch prepare`. Its sections stay plain mappings, as they are written to data_report.json:
 
-    sources        one per source: {path, format, weight, records}
-    rejects        Rejects.to_dict(): {total, by_reason: {reason: count}, examples: {reason: ["file:line: ..."]}}
+    sources        one per source: {path, format, weight, records} (records: the usable ones)
+    records_read   records met in the training sources, usable or rejected while reading
+    rejects        Rejects.to_dict(): {total, by_reason: {reason: count}, first: {reason: "file:line"},
+                   examples: {reason: ["file:line: ..."]}}
+    warnings       the same shape: records kept but changed or worth a look (special-token text escaped, reasoning
+                   dropped, a conversation that opens with the assistant, a .jsonl file read as a JSON array...)
     duplicates     {mode, exact_removed, near_removed[, threshold]}
     overlong       {mode, overlong, dropped, split_into, tokens_lost, label_tokens_lost, chunks_without_labels}
     split          {train, eval, eval_from}
     token_lengths  length_percentiles(...) plus max_length and over_max_length
     packing        {enabled, rows, tokens, label_tokens, max_length, packing_efficiency, padding_fraction}
 
-`write_report` writes data_report.json, data_report.md and data_length_histogram.png.
+`write_report` writes data_report.json, data_report.md and data_length_histogram.png; `console_summary` is the text
+`python -m launch prepare` and train/sft.py print: the count of every stage, and each reason of a rejection or a
+warning with its count and the first file:line where it occurred, so nobody has to open the report to see what was
+dropped.
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from train.data.quality import length_percentiles
 
-KNOWN_SECTIONS = ("sources", "rejects", "duplicates", "overlong", "split", "token_lengths", "packing")
+KNOWN_SECTIONS = ("sources", "rejects", "warnings", "duplicates", "overlong", "split", "token_lengths", "packing")
 
 
 @dataclass
 class DataReport:
     sources: List[Dict[str, Any]] = field(default_factory=list)
+    records_read: int = 0
     rejects: Dict[str, Any] = field(default_factory=dict)
+    warnings: Dict[str, Any] = field(default_factory=dict)
     duplicates: Dict[str, Any] = field(default_factory=dict)
     overlong: Dict[str, Any] = field(default_factory=dict)
     split: Dict[str, Any] = field(default_factory=dict)
@@ -63,6 +72,24 @@ class DataReport:
     @property
     def rejected_by_reason(self) -> Dict[str, int]:
         return dict(self.rejects.get("by_reason") or {})
+
+    @property
+    def rejected_first(self) -> Dict[str, str]:
+        """The first 'file:line' of each rejection reason."""
+        return dict(self.rejects.get("first") or {})
+
+    @property
+    def warned(self) -> int:
+        return int(self.warnings.get("total", 0))
+
+    @property
+    def warnings_by_reason(self) -> Dict[str, int]:
+        return dict(self.warnings.get("by_reason") or {})
+
+    @property
+    def warned_first(self) -> Dict[str, str]:
+        """The first 'file:line' of each warning reason."""
+        return dict(self.warnings.get("first") or {})
 
     @property
     def packing_efficiency(self) -> float:
@@ -120,6 +147,13 @@ def render_markdown(report: dict, max_length: int, histogram_name: str = "data_l
         else:
             lines += ["No record was rejected.", ""]
 
+    warnings = report.get("warnings")
+    if warnings and warnings.get("total"):
+        lines += [f"## Warnings (records kept): {warnings['total']}", "",
+                  *_table([{"reason": r, "count": c} for r, c in warnings.get("by_reason", {}).items()]), ""]
+        for reason, examples in warnings.get("examples", {}).items():
+            lines += [f"Examples of `{reason}`:", ""] + [f"- {_one_line(e)}" for e in examples] + [""]
+
     titles = {"duplicates": "Duplicates removed", "overlong": f"Samples longer than max_length ({max_length} tokens)",
               "split": "Train / validation split", "packing": "Packing"}
     for key in ("duplicates", "overlong", "split"):
@@ -138,6 +172,46 @@ def render_markdown(report: dict, max_length: int, histogram_name: str = "data_l
     if other:
         lines += ["## Settings and other values", "", *_key_values(other), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def console_summary(report: DataReport) -> str:
+    """The data report in a few lines for the console (see the module doc)."""
+    n_sources = ", ".join(f"{Path(str(s.get('path', ''))).name or s.get('path')} {s.get('records', 0)}"
+                          for s in report.sources)
+    usable = sum(int(s.get("records", 0)) for s in report.sources)
+    lines = [f"data: read {report.records_read or usable} records, {usable} usable ({n_sources})"]
+    lines += _reasons("rejected", report.rejected, report.rejected_by_reason, report.rejected_first)
+    lines += _reasons("warnings (kept)", report.warned, report.warnings_by_reason, report.warned_first)
+    d = report.duplicates
+    if d:
+        near = f", {d.get('near_removed', 0)} near" if d.get("mode") == "near" else ""
+        lines.append(f"  duplicates removed ({d.get('mode')}): {d.get('exact_removed', 0)} exact{near}")
+    lines.append(f"  conversations: {report.train_conversations} train, {report.eval_conversations} eval"
+                 + (f" ({report.split['eval_from']})" if report.split.get("eval_from") else ""))
+    o = report.overlong
+    if o.get("overlong"):
+        what = (f"dropped ({o.get('tokens_lost', 0)} tokens, {o.get('label_tokens_lost', 0)} of them labels)"
+                if o.get("mode") == "drop" else
+                f"split into {o.get('split_into', 0)} chunks ({o.get('chunks_without_labels', 0)} without labels"
+                + (", dropped)" if o.get("mode") == "split" else ", kept)"))
+        lines.append(f"  longer than max_length {report.max_length}: {o['overlong']} samples, {what}")
+    else:
+        lines.append(f"  longer than max_length {report.max_length}: none")
+    p = report.packing
+    rows = f"  rows: {p.get('rows', 0)} train ({'packed' if p.get('enabled') else 'one sample per row'}, " \
+           f"{p.get('tokens', 0)} tokens, {p.get('label_tokens', 0)} labelled, packing efficiency " \
+           f"{report.packing_efficiency:.4f})"
+    if report.eval_packing:
+        rows += f", {report.eval_packing.get('rows', 0)} eval"
+    lines.append(rows)
+    return "\n".join(lines)
+
+
+def _reasons(title: str, total: int, by_reason: Dict[str, int], first: Dict[str, str]) -> List[str]:
+    if not total:
+        return [f"  {title}: none"]
+    return [f"  {title}: {total}"] + [f"    {reason}: {count}" + (f" (first at {first[reason]})" if reason in first
+                                                                   else "") for reason, count in by_reason.items()]
 
 
 def plot_length_histogram(lengths: Sequence[int], max_length: int, path: Path) -> Path:

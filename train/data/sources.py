@@ -13,6 +13,10 @@ datasets, and the 1-based row for Parquet; `unit` says which ('line', 'record' o
 Problems in the files (not JSON, a cut-off last line, wrong CSV columns, an empty file, a non-UTF-8 file...) go
 through `data.on_error`: 'raise' stops with a DataError naming the file, line and fix; 'skip' counts them in
 `Rejects` and reads on. Blank lines are skipped without counting: they are formatting, not records.
+
+A `.jsonl` file that holds one JSON array (a `.json` file saved under the wrong name, often pretty-printed over many
+lines) is recognised once, by its first character: it is read as a JSON array, with one warning
+(`json_array_in_jsonl`), or, when it is not valid JSON, gives one error for the file, not one per line.
 """
 
 from __future__ import annotations
@@ -106,10 +110,13 @@ def resolve_files(path: str) -> List[Path]:
 Report = Callable[..., None]  # report(DataError, count=1): raise it or count it, per data.on_error
 
 
-def iter_raw_records(source: DataSource, on_error: str, rejects: Rejects) -> Iterator[RawRecord]:
-    """Yield every record of one source with its file and line; bad lines raise or are counted (on_error)."""
+def iter_raw_records(source: DataSource, on_error: str, rejects: Rejects,
+                     warnings: Optional[Rejects] = None) -> Iterator[RawRecord]:
+    """Yield every record of one source with its file and line; bad lines raise or are counted (on_error). Files read
+    in another way than their name says are noted in `warnings`."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"data.on_error must be 'raise' or 'skip', got '{on_error}'")
+    warnings = Rejects() if warnings is None else warnings
 
     def report(err: DataError, count: int = 1) -> None:
         raise_or_count(err, err.file, err.line, on_error, rejects, count=count)
@@ -118,17 +125,29 @@ def iter_raw_records(source: DataSource, on_error: str, rejects: Rejects) -> Ite
     if not files:
         yield from _read_hub(source)
         return
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
     for path in files:
-        yield from readers[path.suffix.lower()](path, source, report)
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            yield from _read_jsonl(path, source, report, warnings)
+        else:
+            yield from {".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}[suffix](path, source, report)
 
 
-def _read_jsonl(path: Path, source: DataSource, report: Report) -> Iterator[RawRecord]:
+_ARRAY_PEEK = 1 << 16  # bytes read to see whether a .jsonl file starts with '['
+
+
+def _read_jsonl(path: Path, source: DataSource, report: Report, warnings: Rejects) -> Iterator[RawRecord]:
     file = str(path)
     with open(path, "rb") as f:
         if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
             report(DataError("bad_encoding", "the file is UTF-16, not UTF-8", _UTF8_HINT, file=file))
             return
+        f.seek(0)
+        if f.read(_ARRAY_PEEK).lstrip(_BOM).lstrip().startswith(b"["):  # no JSONL record starts with '['
+            records = _array_in_jsonl(path, report, warnings)
+            if records is not None:
+                yield from records
+                return
         f.seek(0)
         any_content = False
         for number, raw in enumerate(f, 1):
@@ -176,6 +195,47 @@ def _parse_json_line(text: str, ends_with_newline: bool, file: str, line: int, r
     return value
 
 
+def _array_in_jsonl(path: Path, report: Report, warnings: Rejects) -> Optional[List[RawRecord]]:
+    """The records of a .jsonl file that holds one JSON array, read as a .json file (with one warning); [] after one
+    error when it is not valid JSON; None when it holds several JSON values (lines that are arrays: read line by line,
+    each line's error then names its line)."""
+    file = str(path)
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        report(DataError("bad_encoding", f"not valid UTF-8 (byte {e.start} of the file)", _UTF8_HINT, file=file))
+        return []
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":
+            return None
+        report(DataError("not_json", f"the file starts with '[' like one JSON array, but is not valid JSON ({e.msg} "
+                         f"at column {e.colno})",
+                         "A .jsonl file holds one JSON object per line. If the file is one JSON array, fix it at "
+                         "this line and name it .json; otherwise write one object per line.", file=file, line=e.lineno))
+        return []
+    warnings.add("json_array_in_jsonl", file, None, "the .jsonl file holds one JSON array, not one object per line: "
+                 "it was read as a .json file (records numbered in the array). Rename it .json")
+    return list(_array_records(value, file, report))
+
+
+def _array_records(value, file: str, report: Report) -> Iterator[RawRecord]:
+    """The objects of a parsed JSON array, numbered from 1 ('record' unit); anything else is one error."""
+    if not isinstance(value, list):
+        report(DataError("not_array", f"a .json file must hold a JSON array of records, got a JSON {_json_type(value)}",
+                         "Wrap the records in [...], or write one object per line in a .jsonl file.", file=file))
+        return
+    if not value:
+        report(DataError("empty_file", "the JSON array is empty", "Remove the file from data.sources or add records.",
+                         file=file))
+        return
+    for number, item in enumerate(value, 1):
+        if not isinstance(item, dict):
+            report(DataError("not_object", f"a record must be a JSON object, got a JSON {_json_type(item)}",
+                             "Make every element of the array an object.", file=file, line=number, unit="record"))
+            continue
+        yield RawRecord(item, file, number, unit="record")
+
+
 def _read_json(path: Path, source: DataSource, report: Report) -> Iterator[RawRecord]:
     """A JSON array of objects, loaded whole (use JSONL for data that does not fit comfortably in memory)."""
     file = str(path)
@@ -196,20 +256,7 @@ def _read_json(path: Path, source: DataSource, report: Report) -> Iterator[RawRe
             hint = "The file holds several JSON values, one per line: that is JSON Lines, so rename it to .jsonl."
         report(DataError("not_json", f"not valid JSON ({e.msg} at column {e.colno})", hint, file=file, line=e.lineno))
         return
-    if not isinstance(value, list):
-        report(DataError("not_array", f"a .json file must hold a JSON array of records, got a JSON {_json_type(value)}",
-                         "Wrap the records in [...], or write one object per line in a .jsonl file.", file=file))
-        return
-    if not value:
-        report(DataError("empty_file", "the JSON array is empty", "Remove the file from data.sources or add records.",
-                         file=file))
-        return
-    for number, item in enumerate(value, 1):
-        if not isinstance(item, dict):
-            report(DataError("not_object", f"a record must be a JSON object, got a JSON {_json_type(item)}",
-                             "Make every element of the array an object.", file=file, line=number, unit="record"))
-            continue
-        yield RawRecord(item, file, number, unit="record")
+    yield from _array_records(value, file, report)
 
 
 class _EncodingProblem(Exception):

@@ -342,7 +342,8 @@ _PROBE = {"system": "PROBESYSTEMTEXT", "u1": "PROBEUSERONE", "a1": "PROBEASSISTA
 _layout_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _special_strings(tokenizer) -> List[str]:
+def special_strings(tokenizer) -> List[str]:
+    """The tokenizer's special-token strings (special added tokens and the named special tokens), longest first."""
     specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
     specials.update(t for t in tokenizer.all_special_tokens if t)
     return sorted(specials, key=len, reverse=True)  # longest first: a token wins over tokens it contains
@@ -415,7 +416,7 @@ def _probe_layout(tokenizer, data: DataConfig) -> TemplateLayout:
                             f"template. {fix}")
     user_end = before_a1[: before_a1.rindex(header)]
 
-    specials = _special_strings(tokenizer)
+    specials = special_strings(tokenizer)
     ends = []
     for after in (after_a2, after_a1):
         end = _through_first_special(after, specials)
