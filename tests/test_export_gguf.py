@@ -303,3 +303,45 @@ def test_export_command_writes_gguf_and_modelfile_for_a_trained_run(tmp_path):
                               "q4_k_m"], cwd=REPO, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True,
                              text=True, timeout=600)
     assert refused.returncode == 2 and "llama-quantize" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_exaone_gguf_is_the_llama_layout_under_llama_cpp_exaone_names(tmp_path):
+    """EXAONE-3 ships its model code in its hub repository (not here), so its GGUF is not loaded back; its layers are
+    Llama's under other names (transformer.h.N.attn.attention.q_proj ...) with transformers' rotary layout, which
+    llama.cpp's exaone graph uses too (NEOX): the file must hold the same tensors as the source, unpermuted."""
+    import gguf
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from train.export.gguf import write_gguf
+
+    source = assets.tiny_model_dir(tmp_path / "llama")
+    state = AutoModelForCausalLM.from_pretrained(source).state_dict()
+    names = {"model.embed_tokens": "transformer.wte", "model.norm": "transformer.ln_f", "model.layers": "transformer.h",
+             "self_attn.o_proj": "attn.attention.out_proj", "self_attn": "attn.attention",
+             "input_layernorm": "ln_1", "post_attention_layernorm": "ln_2", "mlp.gate_proj": "mlp.c_fc_0",
+             "mlp.up_proj": "mlp.c_fc_1", "mlp.down_proj": "mlp.c_proj"}
+    renamed = {}
+    for key, value in state.items():
+        for old, new in names.items():
+            key = key.replace(old, new)
+        renamed[key] = value.contiguous()
+    folder = tmp_path / "exaone"
+    folder.mkdir()
+    save_file(renamed, str(folder / "model.safetensors"))
+    llama = json.loads((source / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "exaone", "num_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "layer_norm_epsilon": 1e-5, "max_position_embeddings": 2048, "rope_theta": 10000.0,
+        "vocab_size": llama["vocab_size"], "tie_word_embeddings": False, "activation_function": "silu"}))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (source / name).is_file():
+            shutil.copy(source / name, folder / name)
+    reader = gguf.GGUFReader(write_gguf(folder, tmp_path / "exaone-f32.gguf", "f32"))
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    assert reader.fields["general.architecture"].contents() == "exaone"
+    assert reader.fields["exaone.rope.dimension_count"].contents() == 16
+    assert np.array_equal(tensors["blk.1.attn_q.weight"], state["model.layers.1.self_attn.q_proj.weight"].numpy())
+    assert np.array_equal(tensors["blk.0.ffn_gate.weight"], state["model.layers.0.mlp.gate_proj.weight"].numpy())
+    assert np.array_equal(tensors["output.weight"], state["lm_head.weight"].numpy())
+    assert len(tensors) == len(state)
