@@ -9,9 +9,15 @@
                                                                render the sbatch script (and submit it)
     python -m launch plan --config R | --model M [--nodes N --gpus-per-node G --gpu h100] [--json] [key=value ...]
                                                                memory per GPU per strategy, what fits, step time
+    python -m launch merge --config R [--adapter DIR] [--out DIR] [--dtype bfloat16] [key=value ...]
+                                                               adapter + base -> output_dir/merged, shard by shard
+    python -m launch export --config R --gguf [--quant q8_0|f16|bf16|q4_k_m...] [--model DIR] [--out DIR]
+                                                               GGUF + Ollama Modelfile in output_dir/gguf
+    python -m launch push --config R [--merged] [key=value ...]
+                                                               the run (or its merged model) to save.hub_repo_id
 
 This side parses arguments and starts processes; what each command does lives in train/ (prepare: train/data/, eval:
-train/eval/pipeline.py, plan: train/plan/). It never joins a process group.
+train/eval/pipeline.py, plan: train/plan/, merge, export and push: train/export/). It never joins a process group.
 """
 
 from __future__ import annotations
@@ -61,6 +67,42 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from train.config import load_config
+    from train.export.merge import merge_run
+
+    cfg = load_config(args.config, args.overrides)
+    result = merge_run(cfg, adapter_dir=args.adapter, out_dir=args.out, dtype=args.dtype)
+    print(f"merged {len(result.merged_modules)} weights ({len(result.replaced)} replaced, {result.quantized} through "
+          f"the 4-bit round trip) into {result.out_dir}: {len(result.shards)} shard(s), "
+          f"{result.total_bytes / 2**30:.2f} GiB, {result.seconds} s")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from train.config import load_config
+    from train.export.gguf import export_run
+
+    if not args.gguf:
+        print("error: name the format: python -m launch export --config R --gguf", file=sys.stderr)
+        return 2
+    cfg = load_config(args.config, args.overrides)
+    path, modelfile = export_run(cfg, model_dir=args.model, quant=args.quant, out_dir=args.out)
+    print(f"GGUF ({args.quant}): {path} ({path.stat().st_size / 2**20:.1f} MiB)\nOllama: {modelfile}\n"
+          f"  ollama create {Path(cfg.output_dir).name} -f {modelfile} && ollama run {Path(cfg.output_dir).name}\n"
+          f"llama.cpp: llama-cli -m {path} -cnv")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from train.config import load_config
+    from train.export.hub import push_run
+
+    cfg = load_config(args.config, args.overrides)
+    push_run(cfg, merged=args.merged)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +124,31 @@ def main(argv=None) -> int:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("overrides", nargs="*")
     e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("merge", help="merge a LoRA/QLoRA adapter into its base, shard by shard")
+    m.add_argument("--config", required=True)
+    m.add_argument("--adapter", help="adapter folder (default: the recipe's output_dir; a checkpoint-N folder works)")
+    m.add_argument("--out", help="where the merged model goes (default: output_dir/merged)")
+    m.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="merged weights (default: model.dtype)")
+    m.add_argument("overrides", nargs="*")
+    m.set_defaults(func=cmd_merge)
+
+    x = sub.add_parser("export", help="write a GGUF file and an Ollama Modelfile")
+    x.add_argument("--config", required=True)
+    x.add_argument("--gguf", action="store_true", help="GGUF for llama.cpp / Ollama (the one format so far)")
+    x.add_argument("--quant", default="q8_0", help="f16 | bf16 | f32 | q8_0 | q4_0 | q5_0 ... (k-quants such as "
+                                                   "q4_k_m need llama.cpp's llama-quantize)")
+    x.add_argument("--model", help="merged or full model folder (default: output_dir/merged, merged first if missing; "
+                                   "output_dir for full fine-tuning)")
+    x.add_argument("--out", help="output folder (default: output_dir/gguf)")
+    x.add_argument("overrides", nargs="*")
+    x.set_defaults(func=cmd_export)
+
+    u = sub.add_parser("push", help="upload the run (adapter or full weights, or --merged) to save.hub_repo_id")
+    u.add_argument("--config", required=True)
+    u.add_argument("--merged", action="store_true", help="push output_dir/merged instead of the adapter")
+    u.add_argument("overrides", nargs="*")
+    u.set_defaults(func=cmd_push)
 
     from launch.plan import add_parser as add_plan_parser
     from launch.run import add_parser as add_run_parser

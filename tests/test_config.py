@@ -157,3 +157,41 @@ def test_every_shipped_recipe_loads():
         header = recipe.read_text(encoding="utf-8").splitlines()[:12]
         assert any(("train/sft.py" in line and "--config" in line and recipe.name in line) for line in header), recipe
         assert cfg.output_dir
+
+
+@pytest.mark.parametrize("where,key,suggestion", [
+    ("recipe", {"report_to": ["tensorboard"]}, "tracking.report_to"),  # a TrainingArguments name at the top
+    ("override", "train.report_to=[tensorboard]", "tracking.report_to"),  # in the wrong section
+    ("override", "report_to=tensorboard", "tracking.report_to"),
+    ("override", "push_to_hub=true", "save.push_to_hub"),
+    ("override", "train.hub_model_id=me/x", "save.hub_repo_id"),
+    ("override", "train.wandb_mode=offline", "tracking.wandb_mode"),
+])
+def test_unknown_key_points_to_the_key_that_does_it(tmp_path, where, key, suggestion):
+    msg = error(tmp_path, {**MINIMAL, **key}) if where == "recipe" else error(tmp_path, overrides=[key])
+    assert f"Did you mean '{suggestion}'" in msg
+
+
+def test_a_token_key_is_refused_with_where_tokens_come_from(tmp_path):
+    for key in ("save.hub_token=hf_abc", "hf_token=x", "tracking.wandb_api_key=x"):
+        msg = error(tmp_path, overrides=[key])
+        assert "never read from a recipe" in msg and "HF_TOKEN" in msg
+
+
+@pytest.mark.parametrize("overrides,key,fix", [
+    (["tracking.report_to=[tensorbord]"], "tracking.report_to", "Did you mean 'tensorboard'"),
+    (["tracking.report_to=[none,tensorboard]"], "tracking.report_to", "cannot be combined"),
+    (["tracking.wandb_mode=online", "tracking.report_to=[tensorboard]"], "tracking.wandb_mode", "add it"),
+    (["save.push_to_hub=true"], "save.hub_repo_id", "save.hub_repo_id=my-org/"),
+    (["save.hub_repo_id=my org/x"], "save.hub_repo_id", "is not a hub repository id"),
+])
+def test_tracking_and_push_settings_are_checked(tmp_path, overrides, key, fix):
+    msg = error(tmp_path, overrides=overrides)
+    assert key in msg and fix in msg
+
+
+def test_report_to_and_push_settings_load(tmp_path):
+    cfg = load_config(write(tmp_path, {**MINIMAL, "tracking": {"report_to": "tensorboard"}}),
+                      ["save.push_to_hub=true", "save.hub_repo_id=my-org/qwen3-8b-mna-lora"])
+    assert cfg.tracking.report_to == ["tensorboard"] and cfg.save.hub_private is True
+    assert load_config(write(tmp_path, MINIMAL)).tracking.report_to == ["wandb"]

@@ -81,3 +81,50 @@ def write_model_card(cfg: Config, out_dir: Path, report: DataReport, metrics: Di
     path = out_dir / "README.md"
     path.write_text("\n".join(line for line in lines if line is not None) + "\n", encoding="utf-8")
     return path
+
+
+def write_merged_card(cfg: Config, adapter_dir: Path, out_dir: Path, result, dtype: str) -> Path:
+    """README.md of a merged folder (python -m launch merge): what was merged onto what, how to load and serve it, and
+    the adapter's own card (the training run: data, steps, losses) below."""
+    method = method_of(cfg)
+    adapter_card = Path(adapter_dir) / "README.md"
+    body = adapter_card.read_text(encoding="utf-8") if adapter_card.is_file() else ""
+    if body.startswith("---"):  # the adapter card's front matter describes the adapter, not this folder
+        body = body.split("---", 2)[2].lstrip()
+    onto = ("the base as training saw it: each 4-bit layer quantised and dequantised as bitsandbytes loaded it "
+            f"({cfg.qlora.quant_type}, double quantisation {'on' if cfg.qlora.double_quant else 'off'})"
+            if method.quantized_base else "the base's weights")
+    lines = [
+        "---",
+        f"base_model: {cfg.model.name_or_path}",
+        "library_name: transformers",
+        f"tags: [sft, {cfg.method}, merged]",
+        "---",
+        f"# {Path(out_dir).name}",
+        "",
+        f"`{cfg.model.name_or_path}` with the {method.title} adapter of `{adapter_dir}` merged into its weights "
+        f"({dtype}): a plain transformers model, no peft needed.",
+        "",
+        "## Merge",
+        f"- {len(result.merged_modules)} weights updated (W + alpha/r * B @ A, in float32, rounded once to {dtype}) "
+        f"onto {onto}",
+        f"- {len(result.replaced)} tensors taken from the adapter (modules_to_save, trained biases)"
+        + (f"; config changes: {result.config_changes}" if result.config_changes else ""),
+        f"- {len(result.shards)} shard(s), {result.total_bytes / 2**30:.2f} GiB, streamed one shard at a time",
+        "",
+        "## Use",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f"model = AutoModelForCausalLM.from_pretrained(\"{out_dir}\")",
+        f"tokenizer = AutoTokenizer.from_pretrained(\"{out_dir}\")",
+        "```",
+        f"vLLM serves this folder as it is: `vllm serve {out_dir}`. GGUF for llama.cpp and Ollama: "
+        f"`python -m launch export --config <recipe> --gguf --model {out_dir}`.",
+        "",
+        "## The adapter's model card" if body else "",
+        "",
+        body,
+    ]
+    path = Path(out_dir) / "README.md"
+    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return path

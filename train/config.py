@@ -136,6 +136,9 @@ class TrainConfig:
 
 @dataclass
 class TrackingConfig:
+    # where the Trainer logs (a list): wandb (in wandb_mode, which is disabled by default: nothing is sent),
+    # tensorboard (event files in output_dir/runs/), mlflow (pip install sft-launcher[mlflow]), or [none]
+    report_to: List[str] = field(default_factory=lambda: ["wandb"])
     wandb_mode: str = "disabled"  # online | offline | disabled
     project: str = "sft"
     entity: Optional[str] = None
@@ -154,7 +157,13 @@ class EvalConfig:
 
 @dataclass
 class SaveConfig:
-    merged: bool = False  # also write the LoRA-merged full model to <output_dir>/merged
+    merged: bool = False  # also write the LoRA-merged full model to <output_dir>/merged (python -m launch merge)
+    # at the end of training, upload the model (the merged one when save.merged, else the adapter or full weights) and
+    # its model card to the hub repository hub_repo_id. The token comes from the environment (HF_TOKEN) or
+    # `hf auth login`, never from a recipe. python -m launch push does the same for a finished run
+    push_to_hub: bool = False
+    hub_repo_id: Optional[str] = None  # <user or organisation>/<name>, e.g. my-org/qwen3-8b-mna-lora
+    hub_private: bool = True  # create the repository private (an existing repository keeps its visibility)
 
 
 @dataclass
@@ -190,10 +199,22 @@ CHOICES: Dict[str, tuple] = {
     "train.lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup"),
     "tracking.wandb_mode": ("online", "offline", "disabled"),
 }
+REPORT_TO = ("wandb", "tensorboard", "mlflow", "none")  # tracking.report_to: each item is one of these
+
+# Keys users bring from transformers' TrainingArguments (or put in the wrong section): the key that does it here.
+ELSEWHERE: Dict[str, str] = {
+    "report_to": "tracking.report_to",
+    "push_to_hub": "save.push_to_hub",
+    "hub_model_id": "save.hub_repo_id",
+    "hub_private_repo": "save.hub_private",
+    "num_train_epochs": "train.num_epochs",
+    "per_device_train_batch_size": "train.per_device_batch_size",
+}
 
 # key names whose values are secrets: token, hf_token, wandb_api_key, secret, password ... (not add_tokens)
 SECRET_KEY_PATTERN = re.compile(r"(?:^|_)(token|secret|password|api_?key|access_key)$", re.IGNORECASE)
 REDACTED = "***redacted***"
+HUB_REPO_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -221,6 +242,9 @@ def load_config(path: Optional[str | Path], overrides: Optional[List[str]] = Non
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: a recipe must be a mapping of keys to values, got {type(raw).__name__}")
         _check_keys(raw, Config, prefix="", where=where)
+        tracking = raw.get("tracking")
+        if isinstance(tracking, dict) and isinstance(tracking.get("report_to"), str):
+            tracking["report_to"] = [tracking["report_to"]]  # report_to: tensorboard, as TrainingArguments takes it
 
     dotlist = []
     for item in overrides:
@@ -242,6 +266,8 @@ def load_config(path: Optional[str | Path], overrides: Optional[List[str]] = Non
             parsed = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
             parsed = value
+        if key == "tracking.report_to" and isinstance(parsed, str):
+            parsed = [parsed]
         try:
             OmegaConf.update(merged, key, parsed, force_add=False)
         except (OmegaConfBaseException, ValueError, KeyError, IndexError) as e:
@@ -293,8 +319,32 @@ def closest(key: str, valid: List[str]) -> str:
     return difflib.get_close_matches(key, valid, n=1, cutoff=0.0)[0]
 
 
+def schema_keys(cls=None, prefix: str = "") -> List[str]:
+    """Every dotted key of the schema (lists of sections as `data.sources.N.path`)."""
+    keys = []
+    for name, tp in _field_types(cls or Config).items():
+        tp = _unwrap(tp)
+        if is_dataclass(tp):
+            keys += schema_keys(tp, f"{prefix}{name}.")
+        elif isinstance(tp, tuple) and tp[0] == "list" and is_dataclass(tp[1]):
+            keys += schema_keys(tp[1], f"{prefix}{name}.N.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
 def _unknown(key: str, valid: List[str], prefix: str, where: str) -> ConfigError:
-    return ConfigError(f"{where}: unknown key '{prefix}{key}'. Did you mean '{prefix}{closest(key, valid)}'? "
+    """The closest key of the same section; a key of that name in another section (train.report_to ->
+    tracking.report_to) or the key that does what a TrainingArguments name did (hub_model_id -> save.hub_repo_id)
+    wins; a token never belongs in a recipe."""
+    if SECRET_KEY_PATTERN.search(key):
+        return ConfigError(f"{where}: unknown key '{prefix}{key}': secrets are never read from a recipe. Put the "
+                           f"token in the environment instead (HF_TOKEN for the hub, WANDB_API_KEY for W&B) or log in "
+                           f"(`hf auth login`, `wandb login`).")
+    same_name = [k for k in schema_keys() if k.rsplit(".", 1)[-1] == key and k != f"{prefix}{key}"]
+    moved = ELSEWHERE.get(key) or (same_name[0] if len(same_name) == 1 else None)
+    suggestion = moved if moved else f"{prefix}{closest(key, valid)}"
+    return ConfigError(f"{where}: unknown key '{prefix}{key}'. Did you mean '{suggestion}'? "
                        f"Valid keys here: {', '.join(sorted(valid))}.")
 
 
@@ -432,6 +482,24 @@ def validate(cfg: Config, where: str = "config") -> None:
              "or use attn_implementation=sdpa")
     if cfg.tracking.wandb_mode != "disabled" and not cfg.tracking.project:
         fail("tracking.project", "W&B tracking needs a project name")
+    report_to = list(cfg.tracking.report_to)
+    for name in report_to:
+        if name not in REPORT_TO:
+            close = difflib.get_close_matches(str(name), REPORT_TO, n=1)
+            fail("tracking.report_to", f"'{name}' is not one of {', '.join(REPORT_TO)}."
+                 + (f" Did you mean '{close[0]}'?" if close else ""))
+    if "none" in report_to and len(report_to) > 1:
+        fail("tracking.report_to", f"[none] turns every tracker off and cannot be combined with others, got {report_to}")
+    if cfg.tracking.wandb_mode != "disabled" and "wandb" not in report_to:
+        fail("tracking.wandb_mode", f"is {cfg.tracking.wandb_mode} but tracking.report_to ({report_to}) does not list "
+             f"wandb: add it, e.g. tracking.report_to=[wandb,tensorboard], or set tracking.wandb_mode=disabled")
+    if cfg.save.push_to_hub:
+        if not cfg.save.hub_repo_id:
+            fail("save.hub_repo_id", "save.push_to_hub needs the repository to upload to: set save.hub_repo_id, "
+                 "e.g. save.hub_repo_id=my-org/qwen3-8b-mna-lora")
+    if cfg.save.hub_repo_id is not None and not HUB_REPO_ID.fullmatch(cfg.save.hub_repo_id):
+        fail("save.hub_repo_id", f"'{cfg.save.hub_repo_id}' is not a hub repository id: write <user or "
+             f"organisation>/<name> (letters, digits, '-', '_', '.'), e.g. my-org/qwen3-8b-mna-lora")
 
 
 def resolved_quant_storage(cfg: Config) -> str:

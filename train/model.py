@@ -1,4 +1,5 @@
-"""The model side of a run: tokenizer, base model (full precision or 4-bit), LoRA adapters, added tokens, saving, merging.
+"""The model side of a run: tokenizer, base model (full precision or 4-bit), LoRA adapters, added tokens. Merging an
+adapter into its base is train/export/merge.py (streamed, shard by shard).
 
 Weights load from safetensors only. `trust_remote_code` stays off unless the recipe turns it on.
 """
@@ -141,18 +142,3 @@ def local_parameter_count(model: torch.nn.Module) -> int:
     """Parameter elements this process holds: all of them, or under ZeRO-3 its partition (`ds_tensor`)."""
     return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
 
-
-def merge_adapter(base_name_or_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "bfloat16",
-                  trust_remote_code: bool = False) -> Path:
-    """Load the base model in 16/32-bit, apply the adapter, merge it into the weights, save safetensors."""
-    from peft import PeftModel
-
-    base = AutoModelForCausalLM.from_pretrained(base_name_or_path, dtype=DTYPES[dtype], use_safetensors=True,
-                                                trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    resize_for_tokenizer(base, tokenizer)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    out_dir = Path(out_dir)
-    merged.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir

@@ -68,7 +68,7 @@ def train_sft(cfg, command=None, callbacks=()):
     from train.kernels.packed_attention import kernel_description
     from train.model import count_parameters, load_model, load_tokenizer, local_parameter_count
     from train.plan.check import check_memory
-    from train.tracking import setup_tracking
+    from train.tracking import check_trackers, setup_tracking
     from train.trainer import SFTTrainer, training_arguments
 
     rank, local_rank, world_size = distributed_env()
@@ -82,6 +82,11 @@ def train_sft(cfg, command=None, callbacks=()):
     problem = check_available(cfg.model.attn_implementation, torch.cuda.is_available())
     if problem:  # before any data is prepared or weight loaded
         raise ConfigError(problem)
+    check_trackers(cfg)  # a tracker in tracking.report_to whose package is missing
+    if cfg.save.push_to_hub and is_main:  # a push that could not happen fails now, not after hours of training
+        from train.export.hub import hub_token
+
+        hub_token()
 
     # 2. Data: tokenizer + template, then the prepared (cached) dataset. Rank 0 builds it; the others wait on files.
     tokenizer = load_tokenizer(cfg)
@@ -159,17 +164,20 @@ def train_sft(cfg, command=None, callbacks=()):
     if is_main:
         tokenizer.save_pretrained(cfg.output_dir)
         (out / "train_results.json").write_text(json.dumps(metrics, indent=2))
-        if cfg.save.merged:  # validated: the method trains an adapter
-            from train.model import merge_adapter
-
-            merge_adapter(cfg.model.name_or_path, out, out / "merged", dtype=cfg.model.dtype,
-                          trust_remote_code=cfg.model.trust_remote_code)
-
         # 6. Model card: what was trained on what, how, and how it went.
         from train.card import write_model_card
 
         write_model_card(cfg, out, data.report, metrics, tokenizer_changes, command=command)
+        if cfg.save.merged:  # validated: the method trains an adapter; streamed shard by shard (train/export/merge.py)
+            from train.export.merge import merge_run
+
+            merged = merge_run(cfg, tokenizer=tokenizer)
+            print(f"merged into {merged.out_dir} ({len(merged.merged_modules)} weights, {merged.seconds} s)", flush=True)
         print(f"saved to {out} (final train loss {result.training_loss:.4f})", flush=True)
+        if cfg.save.push_to_hub:  # the merged model when there is one, else the adapter or full weights
+            from train.export.hub import push_run
+
+            push_run(cfg, merged=cfg.save.merged)
     return trainer, tokenizer, data, result
 
 

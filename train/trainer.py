@@ -23,6 +23,7 @@ from train.data.packing import balance_micro_batches
 from train.kernels.cpu_heap import trim_before_embedding_backward
 from train.kernels.fused_loss import label_only_loss
 from train.kernels.recompute import recomputing
+from train.tracking import trainer_report_to
 
 
 def has_cuda() -> bool:
@@ -37,7 +38,7 @@ def uses_deepspeed() -> bool:
 def training_arguments(cfg: Config) -> TrainingArguments:
     t = cfg.train
     cuda = has_cuda()
-    report_to = ["wandb"] if cfg.tracking.wandb_mode != "disabled" else []
+    report_to = trainer_report_to(cfg)  # tracking.report_to (train/tracking.py)
     return TrainingArguments(
         output_dir=cfg.output_dir,
         max_steps=t.max_steps,

@@ -19,6 +19,7 @@ from train.config import Config, ConfigError
 from train.eval import generate as gen
 from train.eval import report as rep
 from train.eval import scores as ev
+from train.tracking import log_eval_to_tensorboard
 
 
 @dataclass
@@ -125,6 +126,7 @@ def evaluate(cfg: Config, tokenizer, changes: Dict, options: EvalOptions) -> Dic
             "tasks": dict(Counter(tasks)), "embedding_model": cfg.eval.embedding_model, "warnings": warnings}
     paths = rep.write_eval_report(Path(cfg.output_dir) / "eval", results, predictions, meta)
     wandb_dir = rep.log_to_wandb(cfg, results, predictions, paths, meta)
+    tensorboard = log_eval_to_tensorboard(cfg, results, paths["md"].read_text(encoding="utf-8"))
     print()
     print(rep.comparison_table(results))
     for warning in warnings:
@@ -132,6 +134,8 @@ def evaluate(cfg: Config, tokenizer, changes: Dict, options: EvalOptions) -> Dic
     print(f"\nreport: {paths['md']}  chart: {paths['chart']}  predictions: {paths['predictions']}")
     if wandb_dir:
         print(f"W&B ({cfg.tracking.wandb_mode}): {wandb_dir}")
+    if tensorboard:
+        print(f"TensorBoard: {tensorboard}")
     return paths
 
 

@@ -102,7 +102,9 @@ def log_to_wandb(cfg, results: Dict[str, Dict[str, float]], predictions: List[Di
     """When tracking is on (tracking.wandb_mode online|offline): one W&B run (job_type eval, in output_dir/wandb, in
     the training run's group) with the comparison and the per-sample answers as tables, the chart, and each model's
     metrics in the summary. The config is logged redacted; nothing from the environment. Returns the run's folder."""
-    if cfg.tracking.wandb_mode == "disabled":
+    from train.tracking import trainer_report_to
+
+    if "wandb" not in trainer_report_to(cfg):  # not listed in tracking.report_to, or tracking.wandb_mode=disabled
         return None
     import wandb
 
