@@ -149,7 +149,7 @@ def choose_setting(cfg, gpus: int, gpu_gib: Optional[float], shape, nodes: int =
     return strategy_label(e.strategy, hw), reason, c
 
 
-def batch_setting(cfg, choice, overrides: list[str], keep: bool) -> tuple[list[str], str]:
+def batch_setting(cfg, choice, overrides: list[str], keep: bool, why: str = "") -> tuple[list[str], str]:
     """(overrides to add to the command, the line that says so): the plan's micro-batch, accumulation and
     checkpointing when they differ from the recipe's, unless the command line sets one of them or `keep`
     (--recipe-batch). The global batch does not change: micro-batch x accumulation stays the same per GPU."""
@@ -157,7 +157,7 @@ def batch_setting(cfg, choice, overrides: list[str], keep: bool) -> tuple[list[s
     mine = (f"micro-batch {t.per_device_batch_size}, gradient accumulation {t.gradient_accumulation_steps}, "
             f"checkpointing {'on' if t.gradient_checkpointing else 'off'}")
     if choice is None:
-        return [], f"keeps the recipe's {mine}: no memory plan for this run (a CPU run, or the model size is unknown)"
+        return [], f"keeps the recipe's {mine}: {why or 'no memory plan for this run'}"
     planned = choice.overrides
     current = [f"train.per_device_batch_size={t.per_device_batch_size}",
                f"train.gradient_accumulation_steps={t.gradient_accumulation_steps}",
@@ -233,7 +233,9 @@ def plan(cfg, accelerate: Optional[str] = None, gpus: Optional[int] = None, gpu_
     shape = model_shape(cfg) if (cuda and n) else None
     name, reason, choice = choose_setting(cfg, n if cuda else 0, gib, shape, nodes, accelerate)
     check(cfg, name, n, cuda)
-    batch, batch_note = batch_setting(cfg, choice, list(overrides or []), keep_batch)
+    why = ("no memory plan for a CPU run" if not (cuda and n) else "the model's size is unknown, so there is no "
+           "memory plan" if shape is None else "the memory plan finds no setting of this configuration that fits")
+    batch, batch_note = batch_setting(cfg, choice, list(overrides or []), keep_batch, why)
     notes = [f"model: {cfg.model.name_or_path}, shape from {shape.origin}" if shape is not None and shape.origin else
              "", batch_note]
     if name.startswith("multi_node") and nodes < 2:
