@@ -157,7 +157,8 @@ def render(cfg, recipe: str, overrides: list[str], nodes: int, res: Resources, a
                   f"same command\n# without --dry-run to write {script_path}")
     else:
         submit = f"# Submit:      sbatch {script_path}"
-    gpus_line = "" if cpu else (f"#SBATCH --gres={res.gres}" if res.gres else f"#SBATCH --gpus-per-node={gpus_per_node}")
+    gpus_line = "" if cpu else \
+        (f"#SBATCH --gres={res.gres}" if res.gres else f"#SBATCH --gpus-per-node={gpus_per_node}")
     values = {
         "job_name": job_name, "nodes": nodes, "procs_per_node": procs, "gpus_line": gpus_line,
         "cpus_per_task": res.cpus_per_task or (4 if cpu else 8 * gpus_per_node),
@@ -238,8 +239,8 @@ def cmd_slurm(args) -> int:
         print(f"note: no slurm.setup or --setup: the job uses the {where}; it stops with exit code 2 if that python "
               f"cannot import torch, transformers and accelerate", file=sys.stderr)
     if offline and cfg.tracking.wandb_mode == "online":
-        print("note: --offline with tracking.wandb_mode=online: W&B needs internet too; set tracking.wandb_mode=offline "
-              "and `wandb sync` the run folder later", file=sys.stderr)
+        print("note: --offline with tracking.wandb_mode=online: W&B needs internet too; set "
+              "tracking.wandb_mode=offline and `wandb sync` the run folder later", file=sys.stderr)
     if args.dry_run:
         print(script, end="")
         return 0

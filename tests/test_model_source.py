@@ -129,8 +129,8 @@ def test_launch_run_stops_before_starting_any_process(tmp_path):
 
 def test_offline_hub_id_with_an_empty_cache_gives_the_download_command(tmp_path):
     hf_home = tmp_path / "hf_home"
-    call = ("from launch.__main__ import main\nrc = main(['prepare', '--config', 'configs/recipes/qwen3_8b_mna_lora.yaml',"
-            " 'data.sources=[{path: x.jsonl}]'])")
+    recipe = "configs/recipes/qwen3_8b_mna_lora.yaml"
+    call = f"from launch.__main__ import main\nrc = main(['prepare', '--config', '{recipe}', 'data.sources=[{{path: x}}]'])"
     res = run_entry(call, {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)})
     assert res.returncode == 2, res.stderr[-2000:]
     msg = res.stderr.strip()

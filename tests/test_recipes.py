@@ -34,7 +34,8 @@ def login_node_env(tmp_path_factory):
 
 
 def launch(env, *commands: list[str]) -> list[tuple[int, str, str]]:
-    """Run several `python -m launch ...` commands in one interpreter (one torch import): (exit code, stdout, stderr)."""
+    """Run several `python -m launch ...` commands in one interpreter (one torch import): (exit code, stdout,
+    stderr) each."""
     code = ("import contextlib, io, json, sys\nfrom launch.__main__ import main\nresults = []\n"
             f"for argv in {json.dumps([list(c) for c in commands])}:\n"
             "    out, err = io.StringIO(), io.StringIO()\n"
@@ -65,7 +66,8 @@ def test_every_recipe_header_command_is_what_launch_run_prints(login_node_env):
     for (recipe, label, args, expected), (rc, out, err) in zip(pairs, results):
         assert rc == 0, (recipe.name, err)
         printed = out.strip().splitlines()[-1]
-        assert printed == expected, f"{recipe.name} ({label}): the header says\n  {expected}\nlaunch run prints\n  {printed}"
+        assert printed == expected, \
+            f"{recipe.name} ({label}): the header says\n  {expected}\nlaunch run prints\n  {printed}"
     # the Slurm lines of the headers render (the same recipe, the same choice)
     slurm = [(recipe, line.split("python -m launch slurm ", 1)[1].replace("--submit", "--dry-run").split())
              for recipe in RECIPES for line in recipe.read_text().splitlines()
@@ -102,7 +104,8 @@ def test_the_printed_command_carries_the_plans_setting_and_the_global_batch(logi
     assert f"global batch: {b * a} sequences per optimizer step as the recipe is written for one GPU" in out
     assert f"-> {b * a * 8} on 8 processes ({b} x {a} x 8)" in out
     # --recipe-batch, or a batch key on the command line: the recipe's (or the user's) setting, said plainly
-    assert kept.strip().splitlines()[-1].endswith(f"--config {recipe}") and "(--recipe-batch); the plan would use" in kept
+    assert kept.strip().splitlines()[-1].endswith(f"--config {recipe}")
+    assert "(--recipe-batch); the plan would use" in kept
     assert mine.strip().splitlines()[-1].endswith("train.per_device_batch_size=2")
     assert "(train.per_device_batch_size given on the command line); the plan would use" in mine
     assert f"# global batch: {b * a} sequences per optimizer step (micro-batch {b} x accumulation {a})" in one

@@ -196,8 +196,8 @@ def test_recipe_slurm_section_and_offline_model_check(recipe, tmp_path):
     cfg["slurm"] = {"setup": ["module load cuda/12.4"], "offline": True, "hf_home": str(tmp_path / "hf")}
     with_slurm = tmp_path / "with_slurm.yaml"
     with_slurm.write_text(yaml.safe_dump(cfg))
-    res = launch_slurm(with_slurm, "--setup", "source ~/venvs/x/bin/activate", "--gpus-per-node", "1", "--time", "1:0:0",
-                       "--dry-run")
+    res = launch_slurm(with_slurm, "--setup", "source ~/venvs/x/bin/activate", "--gpus-per-node", "1",
+                       "--time", "1:0:0", "--dry-run")
     assert res.returncode == 0, res.stderr
     assert "set +u\nmodule load cuda/12.4\nsource ~/venvs/x/bin/activate\nset -u" in res.stdout  # recipe's, then CLI's
     assert f"export HF_HOME={tmp_path / 'hf'}" in res.stdout and "export HF_HUB_OFFLINE=1" in res.stdout

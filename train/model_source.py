@@ -53,7 +53,8 @@ def references(cfg, need_model: bool = True) -> List[Reference]:
     if tok and tok != model:
         refs = [Reference("model.name_or_path", model, cfg.model.revision, (MODEL,))] if need_model else []
         return refs + [Reference("model.tokenizer_name_or_path", tok, cfg.model.revision, (TOKENIZER,))]
-    return [Reference("model.name_or_path", model, cfg.model.revision, (MODEL, TOKENIZER) if need_model else (TOKENIZER,))]
+    needs = (MODEL, TOKENIZER) if need_model else (TOKENIZER,)
+    return [Reference("model.name_or_path", model, cfg.model.revision, needs)]
 
 
 def check_model_sources(cfg, need_model: bool = True, where: str = "", hub: bool = True,
@@ -126,7 +127,8 @@ def _check_folder(ref: Reference, folder: Path, prefix: str) -> None:
             hint = (f" It contains model folders: {', '.join(inner[:5])}; set {ref.key} to one of them" if inner else
                     " Point it to the folder that holds config.json and the .safetensors weights (what "
                     "save_pretrained or `hf download <id> --local-dir DIR` writes)")
-            raise ConfigError(f"{prefix}{ref.key}: '{ref.value}' has no config.json, so it is not a model folder.{hint}")
+            raise ConfigError(f"{prefix}{ref.key}: '{ref.value}' has no config.json, so it is not a model "
+                              f"folder.{hint}")
         if not any(n.endswith(".safetensors") for n in names):
             other = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".gguf", ".ckpt")))
             found = f" (it has {', '.join(other[:3])})" if other else ""
@@ -174,7 +176,8 @@ def _closest_folders(path: Path) -> str:
         fixed = _show(anchor / close[0] / Path(*rest)) if rest else _show(anchor / close[0])
         return (f"'{where}' has no '{missing}'; the closest: {', '.join(close)}. Fix the path in the recipe or on the "
                 f"command line, e.g. {fixed}")
-    listing = f"its folders: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}" if names else "it has no folders"
+    more = " ..." if len(names) > 10 else ""
+    listing = f"its folders: {', '.join(names[:10])}{more}" if names else "it has no folders"
     return f"'{where}' has no '{missing}' ({listing}). Fix the path, or give a hub id such as Qwen/Qwen3-8B"
 
 
@@ -302,8 +305,9 @@ def _probe(ref: Reference, repo_id: str, missing: List[str], cache_dir: Path, pr
         raise ConfigError(
             f"{prefix}{ref.key}: cannot reach the hub ({reason}) and the cache ({cache_dir}) does not hold "
             f"{_what(ref.needs)} of '{repo_id}' ({', '.join(missing)} missing). On a node without internet, download "
-            f"it first on one with internet, into a cache both see: {download_command(repo_id, ref.revision, cache_dir)}"
-            f"; then set HF_HUB_OFFLINE=1 (HF_HOME to that cache) for the run.{local}")
+            f"it first on one with internet, into a cache both see: "
+            f"{download_command(repo_id, ref.revision, cache_dir)}; then set HF_HUB_OFFLINE=1 (HF_HOME to that cache) "
+            f"for the run.{local}")
     go_offline()
     return (f"note: cannot reach the hub ({reason}); using the cached copy of '{repo_id}' in {cache_dir}, offline "
             f"(set HF_HUB_OFFLINE=1 on nodes without internet: transformers otherwise retries every file for ~23 s)")
