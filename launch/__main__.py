@@ -3,9 +3,10 @@
     python -m launch prepare --config R [key=value ...]        prepare + cache the dataset, write data_report.*
     python -m launch eval --config R [--adapter DIR | --model DIR] [--base] [--limit N] [key=value ...]
                                                                base vs fine-tuned on the held-out split
-    python -m launch run --config R [--accelerate NAME] [--gpus N] [--dry-run] [key=value ...]
+    python -m launch run --config R [--accelerate NAME] [--gpus N] [--dry-run] [--recipe-batch] [key=value ...]
                                                                choose the accelerate config, print the command, train
-    python -m launch slurm --config R --nodes N --gpus-per-node G [--partition P] [--time T] [--dry-run | --submit]
+    python -m launch slurm --config R --nodes N (--gpus-per-node G | --gres gpu:G) [--partition P] [--time T]
+                           [--mem M] [--exclusive] [--constraint C] [--setup LINE] [--offline] [--dry-run | --submit]
                                                                render the sbatch script (and submit it)
     python -m launch plan --config R | --model M [--nodes N --gpus-per-node G --gpu h100] [--json] [key=value ...]
                                                                memory per GPU per strategy, what fits, step time
@@ -30,22 +31,31 @@ from pathlib import Path
 from train.errors import describe
 
 
-def _load(args):
+def _load(args, need_model: bool):
     from train.config import load_config
+    from train.model_source import Reference, check_model_sources, check_reference
+
+    cfg = load_config(args.config, args.overrides)
+    # The model and tokenizer references are checked before torch and transformers are imported (seconds) and
+    # before anything is loaded: a wrong path or an unreachable hub id is one message, not a traceback.
+    for note in check_model_sources(cfg, need_model=need_model):
+        print(note, file=sys.stderr, flush=True)
+    if getattr(args, "model", None):
+        check_reference(Reference("--model", args.model, None, ("model",)))
+
     from train.data.templates import setup_tokenizer
     from train.model import load_tokenizer
 
-    cfg = load_config(args.config, args.overrides)
     tokenizer = load_tokenizer(cfg)
     changes = setup_tokenizer(tokenizer, cfg.data)
     return cfg, tokenizer, changes
 
 
 def cmd_prepare(args) -> int:
+    cfg, tokenizer, changes = _load(args, need_model=False)  # prepare needs only the tokenizer
     from train.data.prepare import load_or_build, write_reports
     from train.data.report import console_summary
 
-    cfg, tokenizer, changes = _load(args)
     started = time.time()
     data = load_or_build(cfg, tokenizer, is_main=True)
     paths = write_reports(data, Path(cfg.output_dir))
@@ -60,7 +70,7 @@ def cmd_prepare(args) -> int:
 def cmd_eval(args) -> int:
     from train.eval.pipeline import EvalOptions, evaluate
 
-    cfg, tokenizer, changes = _load(args)
+    cfg, tokenizer, changes = _load(args, need_model=args.base or not args.model)
     evaluate(cfg, tokenizer, changes, EvalOptions(adapter=args.adapter, model=args.model, base=args.base,
                                                   limit=args.limit, max_new_tokens=args.max_new_tokens,
                                                   batch_size=args.batch_size))

@@ -6,8 +6,10 @@ model is train/plan/planner.py (the same one train/sft.py checks a run with befo
     python -m launch plan --model llama3-8b --method lora --gpus-per-node 1 --gpu h100 --seq-len 4096 --global-batch 16
     python -m launch plan --model path/to/config.json|model-folder|org/name ... [--micro-batch b] [--json]
 
---model takes a config.json, a model folder, a name in configs/models/ (llama3-8b, llama3-70b, qwen3-8b) or a hub id
-(read with transformers.AutoConfig where the hub is reachable). With --config the recipe's model, method, LoRA/QLoRA
+--model takes a config.json, a model folder, a name in configs/models/ (llama3-8b, llama3-70b, qwen3-8b) or a hub id.
+A hub id is found as `launch run` finds it (train/plan/shape.py: shape_for): its config.json from the cache or the
+hub, else the configs/models/ file that lists it under _hub_ids, else a Llama-style shape of the size in its name;
+the model line says which. With --config the recipe's model, method, LoRA/QLoRA
 settings, sequence length (data.max_length), batch and optimizer are planned; --model, --method, --seq-len,
 --micro-batch and --global-batch override them.
 """
@@ -30,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--gpus-per-node", type=int, default=1)
     p.add_argument("--gpu", help="GPU type for memory and peak TFLOP/s: a100, a100-40gb, h100, h100-pcie, h200, l40s, "
                                  "a6000, rtx4090 (default h100)")
-    p.add_argument("--gpu-mem", type=float, help="GiB per GPU (overrides --gpu)")
+    p.add_argument("--gpu-mem", type=float, help="GiB per GPU (overrides --gpu; alone it names no card, so no speed "
+                                                 "is estimated unless --gpu-tflops is given too)")
     p.add_argument("--gpu-tflops", type=float, help="dense bf16 peak TFLOP/s per GPU (overrides --gpu)")
     p.add_argument("--mfu", type=float, help="model FLOP utilisation for the speed line (default: per method and GPU "
                                              "from configs/mfu.json, measured by scripts/gpu_check.sh where it ran)")
@@ -71,13 +74,20 @@ def plan_config(args):
 
 
 def cmd_plan(args) -> int:
-    from train.plan.shape import PlanError, read_shape
+    from train.paths import MODELS_DIR
+    from train.plan.shape import PlanError, shape_for
     from train.plan.planner import Assumptions, hardware, make_plan, render, to_json
     from train.errors import EXIT_USER_ERROR
 
     try:
         cfg = plan_config(args)
-        shape = read_shape(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+        # the same resolution as `python -m launch run` (launch/run.py: model_shape), so both plan the same model
+        shape = shape_for(cfg.model.name_or_path, cfg.model.revision, cfg.model.trust_remote_code)
+        if shape is None:
+            names = ", ".join(sorted(p.stem for p in MODELS_DIR.glob("*.json")))
+            raise PlanError(f"cannot read the config of '{cfg.model.name_or_path}': no local config.json, none in the "
+                            f"hub cache or from the hub, no configs/models/*.json that lists it under _hub_ids, and no "
+                            f"size in its name. Pass --model with a config.json or model folder, or one of: {names}")
         hw = hardware(args.gpu, args.nodes, args.gpus_per_node, args.gpu_mem, args.gpu_tflops)
         global_batch = args.global_batch
         if global_batch is None and not args.config:

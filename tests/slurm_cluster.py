@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -79,8 +80,14 @@ ReturnToService=2
 MinJobAge=600
 KillWait=10
 JobRequeue=1
-NodeName=n[1-2] NodeHostname={hostname} NodeAddr=127.0.0.1 Port={node_ports} CPUs=4 RealMemory=16000 State=UNKNOWN
+{gres_types}
+NodeName=n[1-2] NodeHostname={hostname} NodeAddr=127.0.0.1 Port={node_ports} CPUs=4 RealMemory=16000 Feature=sftlocal {gres} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+# Fake GPUs, so that --gres gpu:N jobs are scheduled: character devices (plain files are refused), autodetection off.
+# Slurm sets CUDA_VISIBLE_DEVICES for them; a CPU test must not trust it (no CUDA behind them).
+GRES_CONF = """AutoDetect=off
+NodeName=n[1-2] Name=gpu File={dir}/fakedev/nvidia[0-3]
 """
 
 
@@ -91,6 +98,7 @@ class LocalSlurm:
         self.node_ports = (first_node_port, first_node_port + 1)
         self.conf = self.dir / "slurm.conf"
         self._hosts_added = False
+        self.gres = False  # whether the nodes have 4 fake GPUs each (needs mknod: root and a file system with devices)
 
     # -- bring-up -----------------------------------------------------------------------------------------------------
 
@@ -108,8 +116,13 @@ class LocalSlurm:
         self._run([_sbin("munged"), f"--socket={self.dir}/munge/munge.sock", f"--key-file={key}",
                    f"--pid-file={self.dir}/run/munged.pid", f"--log-file={self.dir}/log/munged.log",
                    f"--seed-file={self.dir}/munge/munge.seed", "--force"])
+        self.gres = self._fake_gpus()
         self.conf.write_text(SLURM_CONF.format(dir=self.dir, hostname=socket.gethostname(), ctld_port=self.ctld_port,
-                                               node_ports=f"{self.node_ports[0]}-{self.node_ports[1]}"))
+                                               node_ports=f"{self.node_ports[0]}-{self.node_ports[1]}",
+                                               gres_types="GresTypes=gpu" if self.gres else "",
+                                               gres="Gres=gpu:4" if self.gres else ""))
+        if self.gres:
+            (self.dir / "gres.conf").write_text(GRES_CONF.format(dir=self.dir))
         self._run([_sbin("slurmctld"), "-f", str(self.conf)])
         for node in ("n1", "n2"):
             self._run([_sbin("slurmd"), "-f", str(self.conf), "-N", node])
@@ -121,6 +134,17 @@ class LocalSlurm:
         logs = "\n".join(p.read_text()[-1500:] for p in (self.dir / "log").glob("*.log"))
         self.stop()
         raise SlurmUnavailable(f"the local Slurm cluster did not come up within 60 s:\n{logs}")
+
+    def _fake_gpus(self) -> bool:
+        dev = self.dir / "fakedev"
+        dev.mkdir(exist_ok=True)
+        try:
+            for i in range(4):
+                if not (dev / f"nvidia{i}").exists():
+                    os.mknod(dev / f"nvidia{i}", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+        except OSError:
+            return False
+        return True
 
     def _run(self, argv) -> None:
         res = subprocess.run(argv, env=self.env(), capture_output=True, text=True)

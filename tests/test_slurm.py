@@ -8,6 +8,7 @@ why; rendering is tested everywhere."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -107,6 +108,9 @@ def test_multi_node_script_expands_ranks_inside_each_task(recipe, tmp_path):
     assert "--num_processes $(( SLURM_NNODES * 8 ))" in block
     assert "--config_file configs/accelerate/zero3.yaml" in block and "--mixed_precision no" in block  # fp32 recipe
     assert "'" not in block  # nothing in it closes the quotes early
+    # Slurm 22.05+: srun does not take sbatch's --cpus-per-task; the script passes it (8 per GPU by default)
+    assert re.search(r"srun --kill-on-bad-exit=1 --ntasks-per-node=1 --cpus-per-task=64 bash -c", script)
+    assert "#SBATCH --cpus-per-task=64" in script
     assert "# export NCCL_SOCKET_IFNAME" in script and "--main_process_port \"$MAIN_PORT\"" in block
     check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
@@ -119,7 +123,8 @@ def test_single_node_script_runs_through_launch_run(recipe, tmp_path):
     script = res.stdout
     assert "#SBATCH --nodes=1" in script and "#SBATCH --gpus-per-node=1" in script
     assert "#SBATCH --partition" not in script and "#SBATCH --account" not in script  # optional lines dropped
-    assert 'python -m launch run --config "$RECIPE" --accelerate single_gpu --gpus 1 "${OVERRIDES[@]}"' in script
+    assert ('python -m launch run --config "$RECIPE" --accelerate single_gpu --gpus 1 '
+            '${OVERRIDES[@]+"${OVERRIDES[@]}"}') in script
     assert subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True).returncode == 0
 
 
@@ -128,6 +133,143 @@ def test_bad_recipe_or_combination_fails_before_anything_is_written(recipe, tmp_
     assert res.returncode == 2 and "train.max_steps" in res.stderr and "Traceback" not in res.stderr
     res = launch_slurm(recipe, "--nodes", "2", "--gpus-per-node", "8", "--accelerate", "single_gpu", "--dry-run")
     assert res.returncode == 2 and "runs one process" in res.stderr
+
+
+def test_new_options_render_as_sbatch_and_srun_lines(recipe, tmp_path):
+    res = launch_slurm(recipe, "--nodes", "2", "--gres", "gpu:a100:4", "--mem", "500G", "--cpus-per-task", "32",
+                       "--exclusive", "--constraint", "a100&ib", "--setup", "module load cuda/12.4",
+                       "--setup", "source ~/venvs/sft/bin/activate", "--hf-home", "/shared/hf", "--offline",
+                       "--time", "1-00:00:00", "--accelerate", "zero3", "--dry-run", f"output_dir={tmp_path / 'o'}")
+    assert res.returncode == 0, res.stderr
+    script = res.stdout
+    for line in ["#SBATCH --gres=gpu:a100:4", "#SBATCH --mem=500G", "#SBATCH --cpus-per-task=32", "#SBATCH --exclusive",
+                 "#SBATCH --constraint='a100&ib'", "#SBATCH --time=1-00:00:00",
+                 "set +u\nmodule load cuda/12.4\nsource ~/venvs/sft/bin/activate\nset -u",
+                 "export HF_HOME=/shared/hf", "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1",
+                 "srun --kill-on-bad-exit=1 --ntasks-per-node=1 --cpus-per-task=32 bash -c",
+                 "--num_processes $(( SLURM_NNODES * 4 ))"]:
+        assert line in script, line
+    assert "#SBATCH --gpus-per-node" not in script  # --gres instead, never both
+    assert script.index("set +u\nmodule load") > script.index("cd ")  # setup runs in the repository, then the check:
+    assert "cannot import torch, transformers and accelerate: fix the slurm.setup / --setup lines" in script
+    assert subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True).returncode == 0
+    # the defaults: no setup given (the .venv or PATH, said), no HF settings (commented), GPUs per node
+    res = launch_slurm(recipe, "--nodes", "1", "--gpus-per-node", "2", "--time", "1:00:00", "--dry-run")
+    assert "if [ -f .venv/bin/activate ]; then set +u; source .venv/bin/activate; set -u; fi" in res.stdout
+    assert "# export HF_HUB_OFFLINE=1" in res.stdout and "#SBATCH --gpus-per-node=2" in res.stdout
+    assert "note: no slurm.setup or --setup: the job uses the" in res.stderr
+
+
+def test_wrong_gres_mem_or_cpus_are_refused_with_the_fix(recipe):
+    for args, message in [(["--gres", "gpu:4", "--gpus-per-node", "8"], "asks for 4 GPUs per node but --gpus-per-node"),
+                          (["--gres", "shard:2"], "give GPUs per node as gpu:N or gpu:TYPE:N"),
+                          (["--mem", "64 GB"], "memory per node as sbatch writes it, e.g. 500G"),
+                          (["--cpus-per-task", "0"], "--cpus-per-task 0: must be 1 or more")]:
+        res = launch_slurm(recipe, *args, "--dry-run")
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+
+
+def test_no_time_is_said_and_no_line_is_written(recipe, tmp_path):
+    res = launch_slurm(recipe, "--gpus-per-node", "1", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "#SBATCH --time" not in res.stdout and "# no --time given: the partition's default limit" in res.stdout
+    assert "note: no --time: the job gets its partition's default time limit" in res.stderr
+
+
+def test_dry_run_never_points_at_a_file_it_did_not_write(recipe, tmp_path):
+    out = tmp_path / "o"
+    res = launch_slurm(recipe, "--gpus-per-node", "1", "--time", "1:00:00", "--dry-run", f"output_dir={out}")
+    assert res.returncode == 0 and not out.exists()
+    assert "sbatch " + str(out) not in res.stdout  # nowhere does it say "sbatch <the file that is not there>"
+    assert "# Not written (--dry-run): save this output to a file and submit it with sbatch FILE" in res.stdout
+    assert res.stderr.count("\n") == res.stderr.count("note:")  # only notes on stderr: `> job.sbatch` keeps the script
+    res = launch_slurm(recipe, "--gpus-per-node", "1", "--time", "1:00:00", f"output_dir={out}")
+    written = out / "slurm" / "recipe.sbatch"
+    assert res.returncode == 0 and f"wrote {written}" in res.stdout and f"submit with: sbatch {written}" in res.stdout
+    assert f"# Submit:      sbatch {written}" in written.read_text()
+
+
+def test_recipe_slurm_section_and_offline_model_check(recipe, tmp_path):
+    import yaml
+
+    cfg = yaml.safe_load(recipe.read_text())
+    cfg["slurm"] = {"setup": ["module load cuda/12.4"], "offline": True, "hf_home": str(tmp_path / "hf")}
+    with_slurm = tmp_path / "with_slurm.yaml"
+    with_slurm.write_text(yaml.safe_dump(cfg))
+    res = launch_slurm(with_slurm, "--setup", "source ~/venvs/x/bin/activate", "--gpus-per-node", "1",
+                       "--time", "1:0:0", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "set +u\nmodule load cuda/12.4\nsource ~/venvs/x/bin/activate\nset -u" in res.stdout  # recipe's, then CLI's
+    assert f"export HF_HOME={tmp_path / 'hf'}" in res.stdout and "export HF_HUB_OFFLINE=1" in res.stdout
+    # offline, a hub id must already be in the job's HF_HOME: checked before anything is written
+    res = launch_slurm(with_slurm, "--gpus-per-node", "1", "--time", "1:0:0", "model.name_or_path=Qwen/Qwen3-8B",
+                       "model.tokenizer_name_or_path=null")
+    assert res.returncode == 2 and "the job runs offline (--offline or slurm.offline)" in res.stderr, res.stderr
+    assert f"hf download Qwen/Qwen3-8B --cache-dir {tmp_path / 'hf' / 'hub'}" in res.stderr
+    assert not (tmp_path / "o").exists()
+    # a local folder that does not exist, as the job sees it (from the repository root)
+    res = launch_slurm(recipe, "--gpus-per-node", "1", "--dry-run", "model.name_or_path=outputs/no-such-model-dir/x")
+    assert res.returncode == 2 and "there is no folder 'outputs/no-such-model-dir/x'" in res.stderr
+    res = launch_slurm(recipe, "--gpus-per-node", "1", "--dry-run", "slurm.setup=['']")
+    assert res.returncode == 2 and "slurm.setup.0: is empty" in res.stderr
+
+
+def stub_commands(folder: Path) -> Path:
+    """python, srun and scontrol that record their arguments (one per line, then ---) and succeed."""
+    folder.mkdir()
+    for name in ("python", "srun", "scontrol"):
+        stub = folder / name
+        stub.write_text(f'#!/bin/sh\n{{ echo "{name}"; for a in "$@"; do echo "arg:$a"; done; echo ---; }} '
+                        f'>> "{folder}/calls"\n[ "{name}" = scontrol ] && echo n1\nexit 0\n')
+        stub.chmod(0o755)
+    return folder
+
+
+def calls(folder: Path) -> list[list[str]]:
+    out = []
+    for block in (folder / "calls").read_text().split("---\n"):
+        lines = block.strip("\n").split("\n") if block.strip() else []
+        if lines:
+            out.append([lines[0]] + [line[4:] for line in lines[1:]])
+    return out
+
+
+BASH42 = os.environ.get("SFT_TEST_BASH42")  # a real bash 4.2 (CentOS/RHEL 7's shell), when the machine has one
+
+
+@pytest.mark.parametrize("shell", ["bash", "bash-4.2"])
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_empty_override_list_works_under_set_u_as_in_bash_4_2(recipe, tmp_path, shell, nodes):
+    """`"${OVERRIDES[@]}"` of an empty array is an unbound variable under `set -u` in bash 4.2 (fixed in 4.4). The
+    rendered script, with no overrides at all, runs its commands with stand-ins that record their arguments: no
+    empty argument, nothing unbound. Every array expansion in it uses the ${A[@]+"${A[@]}"} form, which is what bash
+    4.2 needs (checked here on any bash; SFT_TEST_BASH42=/path/to/bash-4.2 runs the script under a real 4.2 too)."""
+    exe = BASH42 if shell == "bash-4.2" else "bash"
+    if exe is None:
+        pytest.skip("no bash 4.2 here: set SFT_TEST_BASH42 to one (the static check below covers the idiom)")
+    stubs = stub_commands(tmp_path / "stubs")
+    res = launch_slurm(recipe, "--nodes", str(nodes), "--gpus-per-node", "0", "--time", "1:00:00", "--dry-run",
+                       "--setup", f"export PATH={stubs}:$PATH")
+    assert res.returncode == 0, res.stderr
+    script = res.stdout
+    assert "OVERRIDES=()" in script
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    bare = re.sub(r'\$\{(\w+)\[@\]\+"\$\{\1\[@\]\}"\}', "", code)
+    assert "[@]" not in bare, [line for line in bare.splitlines() if "[@]" in line]  # no unguarded expansion
+    path = tmp_path / "job.sbatch"
+    path.write_text(script)
+    env = {**os.environ, "SLURM_JOB_ID": "7", "SLURMD_NODENAME": "n1", "SLURM_JOB_NODELIST": "n1"}
+    run = subprocess.run([exe, str(path)], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "unbound variable" not in run.stderr, run.stderr
+    recorded = calls(stubs)
+    prepare = next(c for c in recorded if c[:3] == ["python", "-m", "launch"] and c[3] == "prepare")
+    assert prepare == ["python", "-m", "launch", "prepare", "--config", str(recipe)]  # no empty argument
+    if nodes == 1:
+        run_call = next(c for c in recorded if c[:4] == ["python", "-m", "launch", "run"])
+        assert run_call[-2:] == ["--gpus", "1"]
+    else:
+        srun = next(c for c in recorded if c[0] == "srun")
+        assert srun[-1] == "_" and "--cpus-per-task=4" in srun  # nothing after `_`: no override, not even ''
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -142,6 +284,7 @@ def test_two_node_job_trains_with_machine_ranks_0_and_1_and_matches_one_process(
     text = log.read_text(errors="replace") if log.exists() else ""
     assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", (record, text[-3000:])
     assert "machine_rank=0 num_machines=2" in text and "machine_rank=1 num_machines=2" in text
+    assert re.search(r"\[node n1\] machine_rank=0 num_machines=2 cpus=\d+", text)  # each task logs its CPUs
     assert "[node n1] machine_rank=0" in text and "[node n2] machine_rank=1" in text
     for rank in (0, 1):
         assert f"[rank {rank}] world_size=2 process_index={rank}" in text
@@ -213,3 +356,51 @@ def test_single_node_job_checkpoints_on_usr1_requeues_and_completes(cluster, rec
     assert "training exited with code 75" in text and "requeueing" in text
     assert "# cpu: chosen with --accelerate" in text  # launch run printed its choice and command
     assert [s for s, _ in step_losses(out)] == list(range(1, 81))
+
+
+@pytest.mark.slow
+def test_single_node_job_with_gres_mem_exclusive_constraint_setup_and_offline(cluster, recipe, tmp_path):
+    """The new options on the real cluster: --gres gpu:2 (fake GPUs), --mem, --exclusive, --constraint, setup lines
+    from the recipe and the command line (one reads an unset variable: setup runs with set +u), --offline and
+    --hf-home; two CPU processes (cpu_ddp) train to the end."""
+    import yaml
+
+    if not cluster.gres:
+        pytest.skip("the local cluster has no fake GPUs here (mknod refused), so --gres cannot be scheduled")
+    cfg = yaml.safe_load(recipe.read_text())
+    cfg["slurm"] = {"setup": ["export FROM_RECIPE=recipe-line"]}
+    job_recipe = tmp_path / "gres.yaml"
+    job_recipe.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "job"
+    hf_home = tmp_path / "hf_home"
+    res = launch_slurm(job_recipe, "--nodes", "1", "--gres", "gpu:2", "--accelerate", "cpu_ddp", "--cpus-per-task", "2",
+                       "--mem", "2G", "--exclusive", "--constraint", "sftlocal", "--time", "30:00",
+                       "--setup", 'echo "setup ran: ${NEVER_SET_ANYWHERE} $FROM_RECIPE"; source .venv/bin/activate',
+                       "--offline", "--hf-home", str(hf_home), "--submit", f"output_dir={out}", "train.max_steps=4",
+                       env_extra={"SLURM_CONF": str(cluster.conf), "TMPDIR": str(tmp_path)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    job_id = re.search(r"submitted job (\d+)", res.stdout).group(1)
+    log = Path(re.search(r"log: (\S+)", res.stdout).group(1))
+    record = cluster.wait(job_id, timeout=600)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", (record, text[-3000:])
+    assert "gres:gpu:2" in record.get("TresPerNode", "") and record["MinMemoryNode"] == "2G", record
+    assert record["OverSubscribe"] == "NO" and record["NumCPUs"] == "4", record  # --exclusive: the whole node
+    assert record["Features"] == "sftlocal", record
+    assert "setup ran:  recipe-line" in text  # the recipe's line ran first, the unset variable did not stop it
+    assert re.search(r"gpus=0,1\b", text)  # Slurm gave the job its two (fake) GPUs
+    assert f"HF_HOME={hf_home} HF_HUB_OFFLINE=1" in text
+    assert "[rank 1]" in text and [s for s, _ in step_losses(out)] == [1, 2, 3, 4]  # two processes, to the end
+
+
+@pytest.mark.slow
+def test_sbatch_refusals_reach_the_user(cluster, recipe, tmp_path):
+    """What the cluster cannot give (an unknown feature, more memory than a node has) is sbatch's own message."""
+    env = {"SLURM_CONF": str(cluster.conf)}
+    for args, said in [(["--constraint", "nosuchfeature"], "Invalid feature specification"),
+                       (["--mem", "999G"], "Requested node configuration is not available")]:
+        res = launch_slurm(recipe, "--gpus-per-node", "0", "--time", "5:00", *args, "--submit",
+                           f"output_dir={tmp_path / 'o'}", env_extra=env)
+        assert res.returncode != 0 and "error: sbatch refused the job" in res.stderr and said in res.stderr, res.stderr
+    res = launch_slurm(recipe, "--gpus-per-node", "0", "--dry-run", env_extra=env)  # no --time: the partition's limits
+    assert "(partition debug: DefaultTime=NONE, MaxTime=UNLIMITED" in res.stderr, res.stderr

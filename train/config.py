@@ -156,6 +156,16 @@ class EvalConfig:
 
 
 @dataclass
+class SlurmConfig:
+    # `python -m launch slurm`: shell lines every job runs first, in order, e.g. [module load cuda/12.4, source
+    # ~/venvs/sft/bin/activate]; --setup adds more. None: the repository's .venv when it exists, else the python on
+    # the compute node's PATH (the job logs which, and stops when it cannot import torch and transformers)
+    setup: List[str] = field(default_factory=list)
+    hf_home: Optional[str] = None  # HF_HOME for the job: a shared folder that holds the models (hf download there)
+    offline: bool = False  # compute nodes without internet: HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1 in the job
+
+
+@dataclass
 class SaveConfig:
     merged: bool = False  # also write the LoRA-merged full model to <output_dir>/merged (python -m launch merge)
     # at the end of training, upload the model (the merged one when save.merged, else the adapter or full weights) and
@@ -177,6 +187,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     output_dir: str = MISSING
 
 
@@ -460,6 +471,9 @@ def validate(cfg: Config, where: str = "config") -> None:
         if src.format == "columns" and not {"user", "assistant"} <= set(src.columns):
             fail(f"data.sources.{i}.columns", "format 'columns' needs at least {user: <column>, assistant: <column>} "
                  "(system optional), e.g. columns: {system: system_prompt, user: user_prompt, assistant: assistant}")
+    for i, line in enumerate(cfg.slurm.setup):
+        if not str(line).strip():
+            fail(f"slurm.setup.{i}", "is empty: give a shell line such as 'module load cuda/12.4', or remove it")
     for alias, role in cfg.data.role_aliases.items():
         if role not in ("system", "user", "assistant"):
             fail(f"data.role_aliases.{alias}", f"maps to '{role}', which is not one of system, user, assistant")

@@ -43,6 +43,12 @@ def main(argv=None) -> int:
     from train.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    # The model and tokenizer references, before torch is imported: a mistyped folder, a hub id with no cached copy
+    # while offline, a gated or missing repository each end here with one message that says what to do.
+    from train.model_source import check_model_sources
+
+    for note in check_model_sources(cfg):
+        print(note, flush=True)
     trainer = train_sft(cfg, command=["train/sft.py", "--config", args.config, *args.overrides])[0]
     if trainer.preempted:
         print(f"stopped by {trainer.preempted} after saving checkpoint-{trainer.state.global_step}; run the same "

@@ -100,7 +100,8 @@ def hardware(gpu: Optional[str] = None, nodes: int = 1, gpus_per_node: int = 1, 
         raise PlanError(f"--gpu {gpu}: unknown GPU. Choose one of {', '.join(GPUS)}, or give --gpu-mem GiB and "
                         f"--gpu-tflops T (dense bf16 peak) for another card")
     mem = gpu_mem_gib or (known.memory_gib if known else GPUS["h100"].memory_gib)
-    peak = tflops or (known.bf16_tflops if known else GPUS["h100"].bf16_tflops)
+    # --gpu-mem alone names no card: its speed is unknown (0: no step time), never an H100's by default
+    peak = tflops or (known.bf16_tflops if known else (0.0 if gpu_mem_gib else GPUS["h100"].bf16_tflops))
     name = known.name if known else ("custom" if (gpu_mem_gib or tflops) else GPUS["h100"].name)
     key = (gpu or "").lower().replace(" ", "") if known else ("" if (gpu_mem_gib or tflops) else "h100")
     return Hardware(nodes=nodes, gpus_per_node=gpus_per_node, gpu_mem_gib=mem, gpu=name, tflops=peak, key=key)
@@ -697,7 +698,10 @@ def make_plan(shape: ModelShape, cfg, hw: Hardware, a: Assumptions = Assumptions
     if stuck and hw.device == "cuda":
         plan.min_gpus = minimum_gpus(shape, cfg, hw, a)
     chosen = recommended or plan.requested
-    if chosen is not None and hw.device == "cuda":
+    if chosen is not None and hw.device == "cuda" and not hw.tflops:
+        plan.notes.append("speed not estimated: the GPU's peak TFLOP/s is unknown (--gpu-mem without --gpu names no "
+                          "card); add --gpu NAME (a100, h100, l40s, ...) or --gpu-tflops T")
+    elif chosen is not None and hw.device == "cuda":
         ckpt = chosen.estimate.checkpointing
         plan.flops_per_token = flops_per_token(shape, cfg, ckpt, a, plan.attention)
         tokens = global_batch * cfg.data.max_length
@@ -734,6 +738,8 @@ def render(plan: Plan) -> str:
     unit = "GPU" if hw.device == "cuda" else "CPU process"
     where = hw.gpu if hw.device == "cuda" else "CPU process(es)"
     counted = "counted on the meta device" if s.exact_parameters else f"{s.family}, from config.json"
+    if s.origin:  # where shape_for found it: a hub config, a configs/models/ file, or only the size in the name
+        counted = f"{'counted on the meta device' if s.exact_parameters else s.family}; shape from {s.origin}"
     lines = [
         f"model   {s.name}: {_billions(s.exact_parameters or s.parameters().total)} parameters ({counted})",
         f"        {s.layers} layers, hidden {s.hidden}, {s.heads} heads / {s.kv_heads} KV heads, MLP "

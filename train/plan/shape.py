@@ -53,6 +53,7 @@ class ModelShape:
     qk_norm: bool = False  # Qwen3 / Gemma-3: RMSNorm on each head's query and key
     norms_per_layer: int = 2  # Gemma-2/3: 4 (norms before and after attention and MLP)
     exact_parameters: Optional[int] = None  # counted on the meta device, when that was done
+    origin: str = ""  # where the shape came from (shape_for), printed by the planner
 
     @property
     def q_dim(self) -> int:
@@ -189,6 +190,36 @@ def read_shape(source: str, revision: Optional[str] = None, trust_remote_code: b
         except Exception:  # transformers cannot build it here (remote code, not a causal LM): keep the formula
             pass
     return shape
+
+
+def shape_for(source: str, revision: Optional[str] = None, trust_remote_code: bool = False) -> Optional[ModelShape]:
+    """The shape of a recipe's model, found the same way by `python -m launch run` and `python -m launch plan`, first
+    that works (its `origin` says which):
+    1. a config.json, a model folder or a name in configs/models/ (read_shape);
+    2. a hub id's config.json from the hub cache, or downloaded when the hub answers one request (no retries);
+    3. a hub id listed in a configs/models/*.json under "_hub_ids" (offline, e.g. on a login node without the model);
+    4. the size in the name ('Llama-3.1-70B'): a Llama-style shape of that many parameters;
+    None when none does."""
+    from train.model_source import hub_config_file
+
+    path, _ = resolve_model_source(source)
+    if path is not None:
+        return read_shape(source, revision, trust_remote_code)
+    config = hub_config_file(source, revision)
+    if config is not None:
+        return replace(read_shape(str(config), trust_remote_code=trust_remote_code), name=source,
+                       origin=f"config.json from the hub ({'cache' if 'snapshots' in config.parts else 'downloaded'})")
+    for candidate in sorted(MODELS_DIR.glob("*.json")):
+        try:
+            ids = json.loads(candidate.read_text(encoding="utf-8")).get("_hub_ids", [])
+        except (OSError, json.JSONDecodeError):
+            continue
+        if source in ids:
+            return replace(read_shape(str(candidate)), name=source,
+                           origin=f"configs/models/{candidate.name}, which lists this hub id")
+    shape = shape_from_name(source)
+    return replace(shape, origin="a Llama-style shape of the size in the name, config.json not reachable") \
+        if shape else None
 
 
 def count_on_meta(source: str, trust_remote_code: bool = False) -> Tuple[int, Dict[str, Tuple[int, int]]]:
