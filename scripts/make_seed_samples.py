@@ -2,7 +2,7 @@
 so that every recipe's `python -m launch prepare` runs as written before the user's full data is in place:
 
     data/keywords/train.jsonl, labelled.jsonl   gemma_2b_keywords_lora.yaml        seed 001: alpaca + {text, labels}
-    data/finance_news/train.jsonl               llama3_varco_8b_finance_lora.yaml  seed 002: system/user/assistant columns
+    data/finance_news/train.jsonl               llama3_varco_8b_finance_lora.yaml  seed 002: system/user/assistant
     data/raft/train.jsonl, validation.jsonl     exaone_7_8b_raft_qlora.yaml        seed 003: RAFT with distractors
     data/mna/train.jsonl                        qwen3_8b_mna_lora.yaml             seed 004: {question, answer}
     data/chat/train.jsonl                       llama3_70b_qlora_zero3.yaml        OpenAI messages, multi-turn

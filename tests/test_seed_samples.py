@@ -105,3 +105,16 @@ def test_generator_reproduces_the_shipped_files(tmp_path):
     for name in counts:
         assert (tmp_path / name).read_bytes() == (REPO / "data" / name).read_bytes(), name
     assert (tmp_path / "README.md").read_bytes() == (REPO / "data" / "README.md").read_bytes()
+
+
+def test_korean_tokens_per_syllable_as_the_readme_says():
+    """README's table (shipped-samples column), measured with the real tokenizers by scripts/korean_tokens.py."""
+    import korean_tokens as kt
+
+    assert kt.syllables("서울은 Seoul, 1천만 명") == 6
+    assert kt.korean_lines("```python\nx = 1\n```\n한국의 수도는 서울입니다.\nGPU: CUDA 지원") == ["한국의 수도는 서울입니다."]
+    texts = kt.sample_texts(REPO / "data")
+    assert len(texts) == 1024 and sum(kt.syllables(t) for t in texts) == 28463
+    measured = {name: kt.tokens_per_syllable(kt.load(name), texts)["tokens_per_syllable"] for name in kt.TOKENIZERS}
+    assert {k: round(v, 2) for k, v in measured.items()} == {"qwen3": 1.16, "llama3": 1.07, "gemma": 1.02,
+                                                             "smollm2": 3.06}
