@@ -131,3 +131,20 @@ def test_warns_when_the_template_adds_tokens_the_tokenizer_lacks(tmp_path, load_
     cfg, tokenizer, changes = loaded(path, load_tokenizer, "llama3", "data.template=chatml",
                                      "lora.modules_to_save=[embed_tokens,lm_head]")
     assert "they are trained with the model" in untrained_token_warning(changes, cfg)
+
+
+def test_samples_held_out_or_removed_as_duplicates_are_named(tmp_path):
+    """The split decides by a hash of the text (quality.split_train_eval): a share of 0.99 holds nearly every sample
+    out, 0 none; an exact duplicate of an earlier sample is removed unless data.dedup=none."""
+    from train.data.inspect import placement_note
+    from train.data.prepare import _digest
+
+    path = recipe(tmp_path, "qwen3", [{"messages": CONVERSATION}])
+    digest = _digest(CONVERSATION)
+    held = load_config(str(path), ["data.validation_split=0.99"])
+    assert "held out for evaluation (data.validation_split=0.99)" in placement_note(digest, held.data, 0, None)
+    kept = load_config(str(path), ["data.validation_split=0"])
+    assert placement_note(digest, kept.data, 0, None) is None
+    assert placement_note(digest, kept.data, 0, 4) == "an exact duplicate of sample 4: removed (data.dedup=exact)"
+    assert placement_note(digest, load_config(str(path), ["data.validation_split=0", "data.dedup=none"]).data, 0,
+                          4) is None

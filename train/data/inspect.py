@@ -188,9 +188,10 @@ def inspect_recipe(cfg: Config, tokenizer, changes: Dict, n: int = 3, index: Opt
     legend = f"{GREEN}in green{RESET}" if color else f"between {OPEN} and {CLOSE}"
     write(f"template {changes.get('template')}, data.max_length {cfg.data.max_length}, data.train_on "
           f"{cfg.data.train_on}; the tokens that carry a label (the loss) are shown {legend}\n")
-    views: List[SampleView] = []
     from train.data.prepare import _digest  # the conversation's identity for dedup and the split, as prepared
+    from train.data.quality import where
 
+    views: List[SampleView] = []
     seen: Dict[str, int] = {}  # digest -> the first sample with it
     for i, source, raw, messages, error in iter_samples(cfg):
         digest = _digest(messages) if messages else None
@@ -199,8 +200,7 @@ def inspect_recipe(cfg: Config, tokenizer, changes: Dict, n: int = 3, index: Opt
             seen.setdefault(digest, i)
         if index is not None and i != index:
             continue
-        where = f"{raw.file}:{raw.line}" if raw.unit == "line" else f"{raw.file}:{raw.unit} {raw.line}"
-        head = f"── sample {i}  {where}  ({source.format})"
+        head = f"── sample {i}  {where(raw.file, raw.line, raw.unit)}  ({source.format})"
         if error:
             write(f"{head}\ndropped: {error}\n")
             views.append(SampleView(reason=error))
