@@ -1,6 +1,8 @@
 """Everything before and around training processes, as one command line:
 
     python -m launch prepare --config R [key=value ...]        prepare + cache the dataset, write data_report.*
+    python -m launch inspect --config R [--n 3] [--index I] [key=value ...]
+                                                               rendered samples, trained spans marked, token counts
     python -m launch eval --config R [--adapter DIR | --model DIR] [--base] [--limit N] [key=value ...]
                                                                base vs fine-tuned on the held-out split
     python -m launch run --config R [--accelerate NAME] [--gpus N] [--dry-run] [--recipe-batch] [key=value ...]
@@ -18,7 +20,9 @@
                                                                the run (or its merged model) to save.hub_repo_id
 
 This side parses arguments and starts processes; what each command does lives in train/ (prepare: train/data/, eval:
-train/eval/pipeline.py, plan: train/plan/, merge, export and push: train/export/). It never joins a process group.
+train/eval/pipeline.py, inspect: train/data/inspect.py, plan: train/plan/, merge, export and push: train/export/). It
+never joins a process group. Known irrelevant warnings of dependencies are filtered (train/quiet.py); `--verbose` on
+any command shows everything.
 """
 
 from __future__ import annotations
@@ -64,6 +68,14 @@ def cmd_prepare(args) -> int:
     print(console_summary(data.report))
     for name, path in paths.items():
         print(f"  {name}: {path}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from train.data.inspect import inspect_recipe
+
+    cfg, tokenizer, changes = _load(args)
+    inspect_recipe(cfg, tokenizer, changes, n=args.n, index=args.index, color=sys.stdout.isatty())
     return 0
 
 
@@ -123,6 +135,15 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_prepare)
 
+    i = sub.add_parser("inspect", help="print rendered samples with the trained tokens marked, token counts and "
+                                       "why samples were dropped")
+    i.add_argument("--config", required=True)
+    i.add_argument("--n", type=int, default=3, help="how many samples, from the first (default 3)")
+    i.add_argument("--index", type=int, default=None,
+                   help="show only sample I (0-based, in the order data.sources are read)")
+    i.add_argument("overrides", nargs="*")
+    i.set_defaults(func=cmd_inspect)
+
     e = sub.add_parser("eval", help="generate on the held-out split; compare base and fine-tuned")
     e.add_argument("--config", required=True)
     e.add_argument("--adapter", help="LoRA adapter folder (default: the recipe's output_dir)")
@@ -167,8 +188,14 @@ def main(argv=None) -> int:
     add_run_parser(sub)
     add_slurm_parser(sub)
     add_plan_parser(sub)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="show every warning of the libraries (known irrelevant ones are filtered)")
 
     args = parser.parse_args(argv)
+    from train.quiet import quiet
+
+    quiet(args.verbose)  # before the libraries are imported by the command
     try:
         return args.func(args)
     except Exception as error:  # noqa: BLE001 - a bug (describe() gives None) is re-raised with its traceback

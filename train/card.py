@@ -1,8 +1,14 @@
-"""The model card: a README.md in the output folder saying what was trained, on what data, how, and how it went."""
+"""The model card: a README.md in the output folder saying what was trained, on what data, how, and how it went.
+
+Its front matter follows the hub's model-card metadata: `base_model` is a hub id (the hub rejects a local path), so a
+model loaded from a folder is named by the hub id that folder came from when that is known (`hub_id`), and the key is
+left out otherwise; the body still names the folder the run used.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -12,6 +18,35 @@ from omegaconf import OmegaConf
 from train.config import Config, redact, to_dict
 from train.data.report import DataReport
 from train.methods import method_of
+
+
+HUB_CACHE_SNAPSHOT = re.compile(r"models--([^/]+)--([^/]+)/snapshots/[^/]+/?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_id(name_or_path: str) -> Optional[str]:
+    """The hub id behind `model.name_or_path`, or None when it is a local folder of unknown origin:
+    - a name that is not a local path and looks like `org/name` is the hub id itself;
+    - a snapshot folder of the hub cache (`.../models--Qwen--Qwen3-8B/snapshots/<sha>`) names it;
+    - a folder written by `python -m launch.assets` records it in ASSET_SOURCE.json (`hub_id`)."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        return name_or_path if HUB_ID.match(name_or_path) else None
+    match = HUB_CACHE_SNAPSHOT.search(path.resolve().as_posix())
+    if match:
+        return f"{match.group(1)}/{match.group(2)}"
+    source = path / "ASSET_SOURCE.json"
+    if source.is_file():
+        try:
+            return json.loads(source.read_text(encoding="utf-8")).get("hub_id")
+        except ValueError:
+            return None
+    return None
+
+
+def _whole(value) -> str:
+    """A token count from the report: percentiles are interpolated (57.5), a count of tokens is a whole number."""
+    return "?" if value is None else f"{float(value):.0f}"
 
 
 def write_model_card(cfg: Config, out_dir: Path, report: DataReport, metrics: Dict[str, Any],
@@ -25,15 +60,17 @@ def write_model_card(cfg: Config, out_dir: Path, report: DataReport, metrics: Di
         if method.adapter else
         f"from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{out_dir}\")"
     )
+    base_hub_id = hub_id(cfg.model.name_or_path)
     lines = [
         "---",
-        f"base_model: {cfg.model.name_or_path}",
+        f"base_model: {base_hub_id}" if base_hub_id else None,
         f"library_name: {method.library}",
         "tags: [sft, " + cfg.method + "]",
         "---",
         f"# {out_dir.name}",
         "",
-        f"{method.title} of `{cfg.model.name_or_path}`.",
+        f"{method.title} of `{cfg.model.name_or_path}`"
+        + (f" ({base_hub_id} on the hub)." if base_hub_id and base_hub_id != cfg.model.name_or_path else "."),
         "",
         "## Training",
         f"- method: {cfg.method}" + (f" (r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, "
@@ -57,7 +94,8 @@ def write_model_card(cfg: Config, out_dir: Path, report: DataReport, metrics: Di
         f"{report.duplicates.get('near_removed', 0)} near",
         f"- rejected records by reason: "
         f"{json.dumps(report.rejected_by_reason, ensure_ascii=False) if report.rejected else 'none'}",
-        f"- token length p50/p95/max: {lengths.get('p50')}/{lengths.get('p95')}/{lengths.get('max')} "
+        f"- token length p50/p95/max: {_whole(lengths.get('p50'))}/{_whole(lengths.get('p95'))}/"
+        f"{_whole(lengths.get('max'))} "
         f"(max_length {report.max_length})",
         f"- packing: {'on' if cfg.data.packing else 'off'}, efficiency {report.packing_efficiency:.3f}",
         "",

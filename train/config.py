@@ -148,9 +148,9 @@ class TrackingConfig:
 
 @dataclass
 class EvalConfig:
-    # `python -m launch eval`: encoder for the embedding cosine similarity. all-minilm-l6-v2 is fetched offline by
-    # `python -m launch.assets` (English-only: Korean text gets a warning); a local folder or a hub id (e.g. a
-    # multilingual sentence encoder) works too; none = skip the cosine metric
+    # `python -m launch eval`: encoder for the embedding cosine similarity. all-minilm-l6-v2 (English-only: Korean
+    # text gets a warning) and multilingual-e5-small (Korean-capable) are fetched offline by `python -m launch.assets`;
+    # a local folder or a hub id works too; none = skip the cosine metric
     embedding_model: str = "all-minilm-l6-v2"
     embedding_max_length: int = 256  # tokens per text for the encoder (longer texts are cut, for the cosine only)
 

@@ -129,10 +129,24 @@ def select_attention(model: PreTrainedModel, cfg: Config) -> str:
     return model.config._attn_implementation
 
 
+def parameter_numel(p: torch.Tensor) -> int:
+    """The number of weights a parameter stands for: a 4-bit bitsandbytes weight (Params4bit) stores two weights per
+    byte, in a tensor of its storage dtype (uint8: n/2 elements; bf16 storage for ZeRO-3/FSDP: n/4), so its own
+    numel() undercounts; its quant_state keeps the original shape. Under ZeRO-3 a partitioned parameter's full size
+    is ds_numel."""
+    if hasattr(p, "ds_numel"):
+        return int(p.ds_numel)
+    state = getattr(p, "quant_state", None)
+    if state is not None and getattr(state, "shape", None) is not None:
+        return int(torch.Size(state.shape).numel())
+    return p.numel()
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters, 4-bit weights counted unpacked (what the model has, not what storage holds)."""
     total = trainable = 0
     for p in model.parameters():
-        n = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+        n = parameter_numel(p)
         total += n
         trainable += n if p.requires_grad else 0
     return trainable, total
@@ -140,5 +154,5 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 def local_parameter_count(model: torch.nn.Module) -> int:
     """Parameter elements this process holds: all of them, or under ZeRO-3 its partition (`ds_tensor`)."""
-    return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
+    return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else parameter_numel(p) for p in model.parameters())
 

@@ -31,11 +31,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="recipe YAML, e.g. configs/recipes/demo_cpu.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10 lora.r=8")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show every warning of the libraries (known irrelevant ones are filtered, train/quiet.py)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from train.quiet import quiet
+
+    quiet(args.verbose)  # before torch, transformers, bitsandbytes and DeepSpeed are imported (SFT_VERBOSE=1: all)
     pinned = pin_one_process_gpu()  # one process, one GPU: never nn.DataParallel over every GPU of the node
     if pinned is not None:
         print(f"one process: CUDA_VISIBLE_DEVICES={pinned} (the local rank's GPU)", flush=True)
@@ -67,6 +72,7 @@ def train_sft(cfg, command=None, callbacks=()):
     from train.checkpoints import discard_incomplete_checkpoints, finished_before, resume_checkpoint
     from train.config import ConfigError, save_config
     from train.data.packing import Collator
+    from train.data.inspect import untrained_token_warning
     from train.data.prepare import load_or_build, write_reports
     from train.data.report import console_summary
     from train.data.templates import setup_tokenizer
@@ -97,6 +103,9 @@ def train_sft(cfg, command=None, callbacks=()):
     # 2. Data: tokenizer + template, then the prepared (cached) dataset. Rank 0 builds it; the others wait on files.
     tokenizer = load_tokenizer(cfg)
     tokenizer_changes = setup_tokenizer(tokenizer, cfg.data)
+    untrained = untrained_token_warning(tokenizer_changes, cfg)  # template tokens new to the vocabulary
+    if untrained and is_main:
+        print(f"warning: {untrained}", flush=True)
     data = load_or_build(cfg, tokenizer, is_main=is_main)
     check_memory(cfg, data.report, vocab=len(tokenizer))  # refuses (exit 2) a run predicted not to fit
     if is_main:

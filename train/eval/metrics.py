@@ -251,7 +251,8 @@ def hangul_coverage(tokenizer, texts: Sequence[str]) -> Optional[float]:
 
 class SentenceEncoder:
     """A sentence-transformers style encoder folder (or hub id) loaded with plain transformers: token embeddings,
-    pooled as its 1_Pooling/config.json says (mean by default, or CLS), compared by cosine."""
+    pooled as its 1_Pooling/config.json says (mean by default, or CLS), compared by cosine. A folder whose
+    config_sentence_transformers.json names a default prompt (E5 models: "query: ") has it put before every text."""
 
     def __init__(self, name_or_path: str, max_length: int = 256, device: str = "cpu", name: Optional[str] = None):
         from transformers import AutoModel, AutoTokenizer
@@ -265,6 +266,11 @@ class SentenceEncoder:
         self.pooling = "mean"
         if pooling.is_file() and json.loads(pooling.read_text()).get("pooling_mode_cls_token"):
             self.pooling = "cls"
+        settings = Path(name_or_path) / "config_sentence_transformers.json"
+        self.prompt = ""
+        if settings.is_file():
+            st = json.loads(settings.read_text())
+            self.prompt = (st.get("prompts") or {}).get(st.get("default_prompt_name") or "", "")
 
     def encode(self, texts: Sequence[str], batch_size: int = 32):
         """(len(texts), dim) float32 tensor of unit-length sentence embeddings."""
@@ -273,7 +279,8 @@ class SentenceEncoder:
         out = []
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
-                batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                batch = self.tokenizer([self.prompt + t for t in texts[start:start + batch_size]], padding=True,
+                                       truncation=True,
                                        max_length=self.max_length, return_tensors="pt").to(self.device)
                 hidden = self.model(**batch).last_hidden_state.float()
                 if self.pooling == "cls":
@@ -304,6 +311,6 @@ class SentenceEncoder:
         return (f"the cosine encoder {self.name} keeps only {100 * coverage:.0f}% of the Korean syllables in these "
                 f"texts whole (the rest become jamo or [UNK]): its cosine similarity is unreliable for Korean "
                 f"(all-MiniLM-L6-v2 rates an unrelated Korean sentence pair above a paraphrase). Set "
-                f"eval.embedding_model to a multilingual sentence encoder (a local folder or hub id) for a meaningful "
-                f"score")
+                f"eval.embedding_model=multilingual-e5-small (fetched offline) or another multilingual sentence "
+                f"encoder (a local folder or hub id) for a meaningful score")
 

@@ -71,7 +71,7 @@ def evaluate(cfg: Config, tokenizer, changes: Dict, options: EvalOptions) -> Dic
     def score(model, label: str):
         t0 = time.time()
         preds = gen.generate(model, tokenizer, prompts, max_new_tokens=options.max_new_tokens,
-                             batch_size=options.batch_size, stop_ids=[changes.get("end_of_turn_id")])
+                             batch_size=options.batch_size, stop_ids=[changes.get("end_of_turn_id")], progress=label)
         per_sample, metrics = ev.score_all(preds, references, tasks, encoder)
         metrics["eval_loss"] = gen.mean_token_loss(model, rows, collator)
         print(f"  {label}: {len(preds)} samples in {time.time() - t0:.1f}s", flush=True)

@@ -12,12 +12,18 @@ from typing import Any, Dict, List, Optional
 
 
 def improvement(base: float, tuned: float, lower_is_better: bool = False) -> str:
+    """The change from `base` to `tuned` in percent of the base, signed as the value moved: "+631.6%" for a score
+    that rose; for a loss, where a drop is the improvement, "-76.3%, lower is better"."""
     if base is None or tuned is None or (isinstance(base, float) and math.isnan(base)):
         return "n/a"
     if base == 0:
         return "n/a" if tuned == 0 else "up from 0"
-    change = (base - tuned) / abs(base) if lower_is_better else (tuned - base) / abs(base)
-    return f"{100 * change:+.1f}%"
+    change = f"{100 * (tuned - base) / abs(base):+.1f}%"
+    return f"{change}, lower is better" if lower_is_better else change
+
+
+def is_lower_better(metric: str) -> bool:
+    return "loss" in metric
 
 
 def comparison_table(results: Dict[str, Dict[str, float]]) -> str:
@@ -30,7 +36,7 @@ def comparison_table(results: Dict[str, Dict[str, float]]) -> str:
         values = [results[n][k] for n in names]
         row = f"| {k} | " + " | ".join(f"{v:.4f}" for v in values)
         if len(names) > 1:
-            row += f" | {improvement(values[0], values[-1], lower_is_better='loss' in k)}"
+            row += f" | {improvement(values[0], values[-1], is_lower_better(k))}"
         lines.append(row + " |")
     return "\n".join(lines)
 
@@ -71,8 +77,9 @@ METRIC_NOTES = """Scores are means over the samples, in [0, 1], except BLEU (cor
 x100 for the usual 0-100 scale). Text is split into Korean morphemes with Kiwi (particles and endings apart from their
 stems, Latin words lowercased, punctuation dropped) before ROUGE (F1 of clipped n-gram matches; ROUGE-L from the
 longest common subsequence) and BLEU (clipped 1-4-gram precisions, brevity penalty, "exp" smoothing). `cosine` is the
-embedding cosine similarity of prediction and reference. `change` is relative to the first model (for the loss, a
-drop is a gain). See train/eval/metrics.py and train/eval/scores.py for the exact definitions."""
+embedding cosine similarity of prediction and reference. `change` is relative to the first model, signed as the value
+moved: scores are better higher, the loss lower ("-76.3%, lower is better" is a 76.3% smaller loss). See
+train/eval/metrics.py and train/eval/scores.py for the exact definitions."""
 
 
 def write_eval_report(out_dir: Path, results: Dict[str, Dict[str, float]], predictions: List[Dict[str, Any]],
@@ -121,7 +128,7 @@ def log_to_wandb(cfg, results: Dict[str, Dict[str, float]], predictions: List[Di
         names = list(results)
         metrics = [k for k in results[names[-1]] if all(k in results[n] for n in names)]
         rows = [[k, *[results[n][k] for n in names],
-                 improvement(results[names[0]][k], results[names[-1]][k], "loss" in k) if len(names) > 1 else ""]
+                 improvement(results[names[0]][k], results[names[-1]][k], is_lower_better(k)) if len(names) > 1 else ""]
                 for k in metrics]
         comparison = wandb.Table(columns=["metric", *names, "change"], data=rows)
         score_keys = sorted({k for p in predictions for n in names for k, v in p.get(f"{n}_scores", {}).items()
