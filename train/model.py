@@ -6,7 +6,6 @@ Weights load from safetensors only. `trust_remote_code` stays off unless the rec
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import torch

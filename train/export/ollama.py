@@ -69,7 +69,7 @@ def modelfile(gguf_name: str, family: str, stops: List[str], enable_thinking: bo
               num_ctx: Optional[int] = None, system: Optional[str] = None,
               parameters: Optional[Dict[str, float]] = None) -> str:
     """The Modelfile's text. `stops`: the end-of-turn and end-of-sequence tokens generation must stop at."""
-    lines = [f"# Ollama: ollama create <name> -f Modelfile && ollama run <name>", f"FROM ./{gguf_name}",
+    lines = ["# Ollama: ollama create <name> -f Modelfile && ollama run <name>", f"FROM ./{gguf_name}",
              f"TEMPLATE {_quoted(ollama_template(family, enable_thinking))}"]
     if system:
         lines.append(f"SYSTEM {_quoted(system)}")
