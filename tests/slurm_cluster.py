@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.debian import install
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 HOSTS_MARK = "# sft-launcher test cluster"
 DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "scontrol", "sinfo")
@@ -28,27 +30,9 @@ class SlurmUnavailable(RuntimeError):
 
 def ensure_installed() -> None:
     """Install Debian's Slurm and munge when missing (root and apt-get needed; ~10 s); services are not started."""
-    if all(shutil.which(d) or Path("/usr/sbin", d).exists() for d in DAEMONS):
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise SlurmUnavailable("Slurm is not installed and this user cannot install it (needs root and apt-get): "
-                               f"apt-get install {' '.join(PACKAGES)}")
-    policy = Path("/usr/sbin/policy-rc.d")
-    created = not policy.exists()
-    if created:  # no init system here: make sure the packages do not try to start services
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    res = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES], env=env,
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        update = subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True)
-        res = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES], env=env,
-                             capture_output=True, text=True) if update.returncode == 0 else res
-    if created:
-        policy.unlink()
-    if res.returncode != 0:
-        raise SlurmUnavailable(f"apt-get install {' '.join(PACKAGES)} failed: {res.stderr.strip()[-500:]}")
+    why = install(PACKAGES, DAEMONS)
+    if why:
+        raise SlurmUnavailable(f"Slurm {why}")
 
 
 SLURM_CONF = """ClusterName=sftlocal

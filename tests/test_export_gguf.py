@@ -229,11 +229,19 @@ CONVERSATION = [{"role": "system", "content": "당신은 금융 뉴스 판별기
                 {"role": "user", "content": "진통제 키워드를 추출하세요."}]
 
 
-@pytest.mark.skipif(shutil.which("go") is None, reason="renders Ollama's template language with Go's text/template: "
-                                                        "needs the go toolchain (apt-get install golang-go)")
+@pytest.fixture(scope="module")
+def go():
+    """Go's toolchain, which runs Ollama's template engine (text/template); installed on first use where possible."""
+    from tests.debian import install
+
+    why = install(["golang-go"], ["go"])
+    if why:
+        pytest.skip(f"renders Ollama's template language with Go's text/template: go {why}")
+
+
 @pytest.mark.parametrize("template,tokenizer", [("chatml", None), ("qwen3", "qwen3"), ("llama3", "llama3"),
                                                 ("gemma", "gemma"), ("exaone", None)])
-def test_ollama_template_writes_what_the_training_template_writes(tmp_path, template, tokenizer, load_tokenizer):
+def test_ollama_template_writes_what_the_training_template_writes(tmp_path, template, tokenizer, load_tokenizer, go):
     """Go's text/template (Ollama's template engine) renders the Modelfile's TEMPLATE; the training template
     (Jinja, through the tokenizer) renders the same conversation with the generation prompt: identical text, after
     the BOS llama.cpp adds itself."""
