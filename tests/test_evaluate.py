@@ -160,7 +160,7 @@ def test_eval_config_errors_name_key_and_fix(tmp_path, overrides, key, fix):
         load_config(recipe, overrides)
     assert key in str(err.value) and fix in str(err.value)
     ok = load_config(recipe, ["train.early_stopping_patience=2", "train.eval_steps=5", "train.save_steps=10"])
-    assert ok.train.early_stopping_patience == 2 and ok.eval.embedding_model == "all-minilm-l6-v2"
+    assert ok.train.early_stopping_patience == 2 and ok.eval.embedding_model == "multilingual-e5-small"
 
 
 def test_rotation_keeps_the_best_checkpoint(tmp_path):
@@ -299,7 +299,7 @@ def test_eval_command_compares_base_and_fine_tuned(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, *a], cwd=REPO, env=env, capture_output=True, text=True)  # noqa
     assert run("train/sft.py", "--config", str(recipe)).returncode == 0
     res = run("-m", "launch", "eval", "--config", str(recipe), "--base", "--max-new-tokens", "8",
-              "tracking.wandb_mode=offline", "tracking.project=test-eval")
+              "tracking.wandb_mode=offline", "tracking.project=test-eval", "eval.embedding_model=all-minilm-l6-v2")
     assert res.returncode == 0, res.stderr[-2000:]
     out = tmp_path / "out" / "eval"
     report = json.loads((out / "eval_report.json").read_text(encoding="utf-8"))
@@ -311,7 +311,7 @@ def test_eval_command_compares_base_and_fine_tuned(tmp_path):
                    "is_stock_related_acc", "task_score"]:
         assert 0.0 <= base[metric] <= 1.0 + 1e-6 and 0.0 <= tuned[metric] <= 1.0 + 1e-6, metric
         assert f"| {metric} |" in res.stdout, metric
-    # the demo's Korean references and the English-only default encoder: the report says the cosine is unreliable
+    # Korean references and the English-only encoder asked for: the report says the cosine is unreliable
     assert "unreliable for Korean" in res.stdout and "unreliable for Korean" in report["meta"]["warnings"][0]
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(predictions) == 4 and {"base", "fine-tuned", "reference"} <= set(predictions[0])

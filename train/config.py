@@ -148,10 +148,10 @@ class TrackingConfig:
 
 @dataclass
 class EvalConfig:
-    # `python -m launch eval`: encoder for the embedding cosine similarity. all-minilm-l6-v2 (English-only: Korean
-    # text gets a warning) and multilingual-e5-small (Korean-capable) are fetched offline by `python -m launch.assets`;
-    # a local folder or a hub id works too; none = skip the cosine metric
-    embedding_model: str = "all-minilm-l6-v2"
+    # `python -m launch eval`: encoder for the embedding cosine similarity. multilingual-e5-small (Korean-capable, the
+    # default) and all-minilm-l6-v2 (English-only: Korean text gets a warning) are fetched offline by
+    # `python -m launch.assets`; a local folder or a hub id works too; none = skip the cosine metric
+    embedding_model: str = "multilingual-e5-small"
     embedding_max_length: int = 256  # tokens per text for the encoder (longer texts are cut, for the cosine only)
 
 
@@ -456,7 +456,7 @@ def validate(cfg: Config, where: str = "config") -> None:
                  f"train.save_steps ({cfg.train.save_steps}) must be a multiple of train.eval_steps "
                  f"({cfg.train.eval_steps}), e.g. train.save_steps={cfg.train.eval_steps}")
     if not cfg.eval.embedding_model.strip():
-        fail("eval.embedding_model", "is empty: name an encoder (all-minilm-l6-v2, a folder or a hub id) or none")
+        fail("eval.embedding_model", "is empty: name an encoder (multilingual-e5-small, all-minilm-l6-v2, a folder or a hub id) or none")
     if cfg.eval.embedding_max_length <= 0:
         fail("eval.embedding_max_length", f"must be > 0, got {cfg.eval.embedding_max_length}")
     if not 0.0 <= cfg.data.validation_split < 1.0:
