@@ -1,6 +1,7 @@
 """The GPU acceptance kit (run it through scripts/gpu_check.sh): what only a GPU can show, in one command.
 
-Each check is a line with a status (pass, fail, skip, info) and its numbers, in OUT/gpu_check.json and OUT/gpu_check.md:
+Each check is a line with a status (pass, fail, skip, info) and its numbers, in OUT/gpu_check.json and OUT/gpu_check.md
+(the throughput harness's own report in OUT/throughput.json):
   environment   torch, the device, the packages, which attention kernels exist here
   attention     packed rows through each attention path (PyTorch varlen_attn, flex_attention, FlashAttention when
                 installed, per-sample SDPA, transformers' SDPA with its L x L mask) give every sample its own logits
@@ -348,6 +349,7 @@ def step_training(kit: Kit) -> Dict[str, Any]:
     report = gt.measure([kit.model], ["lora", "qlora", "full"], seq, kit.steps, variants, kit.out / "scratch",
                         repeat_batch=True, timeout=per_run_timeout)
     kit.facts["throughput_report"] = {k: v for k, v in report.items() if k != "runs"}
+    (kit.out / "throughput.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     for key, run in report["runs"].items():
         if "error" in run:
             kit.add("training", f"{key}: model built", False, detail=run["error"][-600:])

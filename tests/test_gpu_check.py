@@ -41,6 +41,25 @@ def test_cpu_rehearsal_runs_every_step(tmp_path):
         plan = next(c for c in report["checks"] if c["name"].startswith(f"tiny-{method}: peak memory vs the plan"))
         assert plan["numbers"]["planned_mib"] > 0 and plan["numbers"]["measured_mib"] > 0
     assert ("eval", "python -m launch eval generates on the CPU") in passed
+    # the throughput harness (bench/gpu_throughput.py) underneath: every method, timed steps, MFU, FLOPs per token
+    harness = json.loads((out / "throughput.json").read_text())
+    assert harness["peak"].startswith("CPU: measured fp32 matmul") and harness["repeat_batch"]
+    for key, run in harness["runs"].items():
+        (row,) = run["rows"]
+        assert "error" not in row, row
+        assert row["timed_steps"] == harness["steps"] - 1 and 100 < row["tokens_per_step"] <= harness["seq"]
+        assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1 and row["peak_rss_mib"] > row["rss_at_start_mib"] > 0
+    # LoRA and QLoRA count 4 FLOPs per matmul parameter and token, full fine-tuning 6: the difference is 2 x the 2-D
+    # weights of the tiny model less its input embedding
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out / "scratch" / "tiny"))
+    matmul = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in name)
+    runs = harness["runs"]
+    assert runs["tiny-full"]["flops_per_token"] - runs["tiny-lora"]["flops_per_token"] == pytest.approx(2 * matmul)
+    assert runs["tiny-qlora"]["flops_per_token"] == runs["tiny-lora"]["flops_per_token"]
     md = (out / "gpu_check.md").read_text()
     assert md.startswith("# GPU check: CPU") and "| training |" in md and "fail 0" in md
 
