@@ -2,7 +2,6 @@
 a CPU with the tiny model (LoRA, QLoRA through bitsandbytes on the CPU, full fine-tuning) in the GPU check's
 rehearsal (tests/test_gpu_check.py), which asserts its rows."""
 
-
 import pytest
 
 from bench import gpu_throughput as gt
