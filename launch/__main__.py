@@ -74,7 +74,7 @@ def cmd_prepare(args) -> int:
 def cmd_inspect(args) -> int:
     from train.data.inspect import inspect_recipe
 
-    cfg, tokenizer, changes = _load(args)
+    cfg, tokenizer, changes = _load(args, need_model=False)  # inspect renders and tokenises: the tokenizer only
     inspect_recipe(cfg, tokenizer, changes, n=args.n, index=args.index, color=sys.stdout.isatty())
     return 0
 

@@ -157,8 +157,10 @@ def _resolved(path: Path) -> str:
 
 
 def _closest_folders(path: Path) -> str:
-    """Where the path stops existing, and the folder names there most like the missing part."""
-    path = path if path.is_absolute() else Path.cwd() / path
+    """Where the path stops existing, and the folder names there most like the missing part (the corrected path as the
+    user wrote theirs: absolute, or relative to this folder)."""
+    given_absolute = path.is_absolute()
+    path = path if given_absolute else Path.cwd() / path
     anchor, missing = Path(path.anchor), None
     for part in path.parts[1:]:
         if not (anchor / part).is_dir():
@@ -173,7 +175,8 @@ def _closest_folders(path: Path) -> str:
     where = _show(anchor) if anchor != Path.cwd() else "."
     if close:
         rest = path.parts[len(anchor.parts) + 1:]
-        fixed = _show(anchor / close[0] / Path(*rest)) if rest else _show(anchor / close[0])
+        corrected = anchor / close[0] / Path(*rest) if rest else anchor / close[0]
+        fixed = str(corrected) if given_absolute else _show(corrected)
         return (f"'{where}' has no '{missing}'; the closest: {', '.join(close)}. Fix the path in the recipe or on the "
                 f"command line, e.g. {fixed}")
     more = " ..." if len(names) > 10 else ""
