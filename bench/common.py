@@ -89,14 +89,21 @@ def load_recipe(spec: Dict[str, Any], path: Path):
     return load_config(path)
 
 
-def prepared_rows(cfg):
-    """(tokenizer, prepared data) for a config: our tokenizer set-up and the cached rows (built on first use)."""
-    from train.data.prepare import load_or_build
+def tokenizer_for(cfg):
+    """The tokenizer of a config, set up as training sets it up (template, pad token, added tokens)."""
     from train.data.templates import setup_tokenizer
     from train.model import load_tokenizer
 
     tokenizer = load_tokenizer(cfg)
     setup_tokenizer(tokenizer, cfg.data)
+    return tokenizer
+
+
+def prepared_rows(cfg):
+    """(tokenizer, prepared data) for a config: our tokenizer set-up and the cached rows (built on first use)."""
+    from train.data.prepare import load_or_build
+
+    tokenizer = tokenizer_for(cfg)
     return tokenizer, load_or_build(cfg, tokenizer)
 
 

@@ -276,7 +276,7 @@ def one_row_corpus(spec: Dict[str, Any], out: Path) -> Path:
     from train.data.labels import tokenize_conversation
 
     cfg = tt.load_recipe(recipe(spec, "ours"), Path(spec["scratch"]) / f"recipe-{spec['key']}-one-row.yaml")
-    tokenizer, _ = tt.prepared_rows(cfg)
+    tokenizer = tt.tokenizer_for(cfg)  # the tokenizer only: the whole corpus is never prepared for this
     kept, used = [], 0
     for line in Path(spec["corpus"]).read_text(encoding="utf-8").splitlines():
         n = len(tokenize_conversation(tokenizer, json.loads(line)["messages"], cfg.data)["input_ids"])

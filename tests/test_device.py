@@ -128,6 +128,7 @@ def test_patched_forwards_are_bound_to_each_replica(tiny_causal_lm):
     original's (on a multi-GPU node: cuda:0 weights on cuda:1 inputs)."""
     from peft import LoraConfig, get_peft_model
 
+    from train.kernels.instance_forward import has_own_forward
     from train.kernels.lean_lora import lean_lora_layers
     from train.kernels.recompute import recompute_activations
 
@@ -135,13 +136,11 @@ def test_patched_forwards_are_bound_to_each_replica(tiny_causal_lm):
     assert recompute_activations(model)["gated_mlp"] == 2
     model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     assert lean_lora_layers(model) > 0
-    patched = [m for m in model.modules() if "forward" in vars(m)
-               and getattr(vars(m)["forward"], "__func__", None) is not type(m).forward]
+    patched = [m for m in model.modules() if has_own_forward(m)]
     assert {type(m).__name__ for m in patched} >= {"LlamaMLP", "Linear"}
 
     replica = replicate_on_one_device(model)
-    replicated = [m for m in replica.modules() if "forward" in vars(m)
-                  and getattr(vars(m)["forward"], "__func__", None) is not type(m).forward]
+    replicated = [m for m in replica.modules() if has_own_forward(m)]
     assert len(replicated) == len(patched)
     assert all(m.forward.__self__ is m for m in replicated)  # bound to the replica, not the original
 

@@ -48,13 +48,20 @@ _compiled_flex = None
 _forced_kernel: Optional[str] = None  # scripts/gpu_check.sh runs each kernel of "varlen_packed" by name
 
 
-def sample_blocks(position_ids: torch.Tensor, batch_size: int) -> Optional[List[Tuple[int, int, int]]]:
-    """(row, start, stop) of every sample block of the batch, or None when each row is a single sample. A block starts
-    at position 0 of a row and wherever a position id is not its predecessor's + 1."""
+def _sample_starts(position_ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(B, L) booleans: where a sample starts, at position 0 of a row and wherever a position id is not its
+    predecessor's + 1 (transformers' `find_packed_sequence_indices` rule)."""
     if position_ids.shape[0] != batch_size:  # position ids are sometimes one row broadcast over the batch
         position_ids = position_ids.expand(batch_size, -1)
     starts = torch.ones_like(position_ids, dtype=torch.bool)
     starts[:, 1:] = position_ids[:, 1:] - position_ids[:, :-1] != 1
+    return starts
+
+
+def sample_blocks(position_ids: torch.Tensor, batch_size: int) -> Optional[List[Tuple[int, int, int]]]:
+    """(row, start, stop) of every sample block of the batch, or None when each row is a single sample. A block starts
+    at position 0 of a row and wherever a position id is not its predecessor's + 1."""
+    starts = _sample_starts(position_ids, batch_size)
     if int(starts.sum()) == batch_size:
         return None
     length = position_ids.shape[1]
@@ -69,10 +76,7 @@ def sample_blocks(position_ids: torch.Tensor, batch_size: int) -> Optional[List[
 def cumulative_lengths(position_ids: torch.Tensor, batch_size: int) -> Tuple[torch.Tensor, int]:
     """(cu_seq_lens, longest sample) over the batch's flattened tokens, by the same rule as `sample_blocks`: the
     int32 offsets at which samples start, then the number of tokens. What the collator passes as cu_seq_lens_q."""
-    if position_ids.shape[0] != batch_size:
-        position_ids = position_ids.expand(batch_size, -1)
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] - position_ids[:, :-1] != 1
+    starts = _sample_starts(position_ids, batch_size)
     offsets = starts.reshape(-1).nonzero().view(-1)
     cu = torch.cat([offsets, offsets.new_tensor([starts.numel()])]).to(torch.int32)
     return cu, int(cu.diff().max())
