@@ -226,8 +226,6 @@ def test_activation_formula_equals_the_tensors_autograd_saves(arch, dtype, attn,
 def test_4bit_weights_take_the_bytes_bitsandbytes_allocates(tmp_path):
     """NF4 with and without double quantisation: the base's bytes (4-bit data, absmax, code books, the fp32 rest)
     equal what train/model.py's real loading allocates through bitsandbytes on this CPU."""
-    import torch
-
     from launch.assets import tiny_model_dir
     from train.model import load_base_model
 
@@ -241,14 +239,17 @@ def test_4bit_weights_take_the_bytes_bitsandbytes_allocates(tmp_path):
         for param in model.parameters():
             tensors = [param.data]
             state = getattr(param, "quant_state", None)
-            if state is not None:
-                tensors += [t for t in state.as_dict(packed=False).values() if torch.is_tensor(t)]
+            if state is not None:  # the state's own tensors: as_dict() would hand back a temporary copy of the
+                # nested code book, whose address the allocator reuses for the next one
+                tensors += [state.absmax, state.code]
+                if state.nested:
+                    tensors += [state.offset, state.state2.absmax, state.state2.code]
             for t in tensors:  # by tensor, not storage: small weights may be views into one loading buffer
                 seen[t.data_ptr()] = t.numel() * t.element_size()
         shape = S.read_shape(str(folder))
         p = P.precision(cfg, P.Hardware(device="cpu"), "ddp", P.Assumptions())
         predicted, quantised = P.base_weight_bytes(shape, cfg, p)
-        assert predicted == pytest.approx(sum(seen.values()), rel=2e-3), double_quant
+        assert predicted == pytest.approx(sum(seen.values()), rel=1e-4), double_quant
         assert quantised / shape.parameters().linear == pytest.approx(0.516 if double_quant else 0.5625, abs=0.005)
 
 
