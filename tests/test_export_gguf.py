@@ -59,8 +59,10 @@ def tiny_model(folder: Path, arch: str, tokenizer_dir: Path):
         # transformers' GGUF loader ignores qwen3.attention.key_length and assumes Qwen3's head_dim of 128 (as in
         # Qwen3-8B); llama.cpp reads it. The tiny model keeps 128 so the loader can rebuild it.
         "qwen3": lambda: Qwen3Config(head_dim=128, **common),
-        "gemma2": lambda: Gemma2Config(head_dim=16, **common),
-        "gemma3_text": lambda: Gemma3TextConfig(head_dim=16, **common),
+        # Gemma-2/3: llama.cpp scales attention by 1/sqrt(head_dim) and transformers' GGUF loader rebuilds the config
+        # with query_pre_attn_scalar 256; a head size of 256 (as in Gemma-2 2B/9B, Gemma-3 1B-12B) agrees with both.
+        "gemma2": lambda: Gemma2Config(head_dim=256, **common),
+        "gemma3_text": lambda: Gemma3TextConfig(head_dim=256, **common),
     }[arch]()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
@@ -177,6 +179,50 @@ def test_smollm2_real_weights_round_trip(tmp_path):
             assert diff < 1e-3 and agree == 1.0
         else:  # q8_0: 8-bit blocks of 32 with one f16 scale each
             assert agree >= 0.9 and (got - want).abs().mean().item() < 0.5
+
+
+GEMMA_CONFIGS = {  # the real models' settings llama.cpp does not read from a GGUF (their config.json files)
+    "gemma-2-2b": ("gemma2", dict(hidden_size=2304, num_attention_heads=8, head_dim=256, num_hidden_layers=26,
+                                  query_pre_attn_scalar=256)),
+    "gemma-2-27b": ("gemma2", dict(hidden_size=4608, num_attention_heads=32, head_dim=128, num_hidden_layers=46,
+                                   query_pre_attn_scalar=144)),
+    "gemma-3-1b": ("gemma3_text", dict(hidden_size=1152, num_attention_heads=4, head_dim=256, num_hidden_layers=26,
+                                       query_pre_attn_scalar=256)),
+    "gemma-3-27b": ("gemma3_text", dict(hidden_size=5376, num_attention_heads=32, head_dim=128, num_hidden_layers=62,
+                                        query_pre_attn_scalar=168)),
+}
+
+
+def test_gemma_settings_llama_cpp_assumes_must_be_the_models(tmp_path):
+    """llama.cpp takes Gemma-2/3's attention scale and sliding-window layers from the architecture (1/sqrt(head_dim),
+    or hidden/heads at the 27B's layer count; every 2nd / 6th layer global). The real models pass; a model that differs
+    is refused before any file is written, as its GGUF would compute other outputs in llama.cpp and Ollama."""
+    from transformers import AutoConfig
+
+    from train.export.gguf import ARCHITECTURES, ExportError, check_assumed_hyperparameters, write_gguf
+
+    for name, (model_type, values) in GEMMA_CONFIGS.items():
+        config = AutoConfig.for_model(model_type, **values).to_dict()  # layer_types as transformers derives them
+        check_assumed_hyperparameters(config, ARCHITECTURES[model_type])  # no error
+        if name == "gemma-3-27b":
+            config["num_hidden_layers"] = 60  # not the 27B's count: llama.cpp would use head_dim (128), not 168
+            config["layer_types"] = config["layer_types"][:60]
+            with pytest.raises(ExportError, match=r"1/sqrt\(128\) \(head_dim.*query_pre_attn_scalar 168"):
+                check_assumed_hyperparameters(config, ARCHITECTURES[model_type])
+    config = AutoConfig.for_model("gemma3_text", **GEMMA_CONFIGS["gemma-3-1b"][1]).to_dict()
+    config["layer_types"][2] = "full_attention"
+    with pytest.raises(ExportError, match="every 6th layer"):
+        check_assumed_hyperparameters(config, ARCHITECTURES["gemma3_text"])
+
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    AutoModelForCausalLM.from_config(Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128,
+                                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                                      head_dim=16)).save_pretrained(tmp_path / "src")
+    assets.tiny_tokenizer().save_pretrained(tmp_path / "src")
+    with pytest.raises(ExportError, match=r"1/sqrt\(16\) \(head_dim; GGUF has no key.*query_pre_attn_scalar 256"):
+        write_gguf(tmp_path / "src", tmp_path / "out" / "m.gguf", "f16")
+    assert not (tmp_path / "out").exists()
 
 
 def test_gemma_1_gguf_holds_llama_cpp_names_and_values(tmp_path):

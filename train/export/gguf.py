@@ -50,6 +50,11 @@ class Architecture:
     norm_plus_one: bool = False  # the model's RMSNorm computes x * (1 + w); llama.cpp stores 1 + w
     softcapping: bool = False  # gemma2: attention and final logit soft-capping
     sliding_window: bool = False  # gemma2/3: the local layers' window
+    # What llama.cpp assumes instead of reading from the file (gemma2/3, src/llama-model.cpp): every `swa_period`-th
+    # layer is global, the others sliding; attention scores are scaled by 1/sqrt(head_dim), or by
+    # 1/sqrt(hidden/heads) for the layer count of the 27B model.
+    swa_period: int = 0
+    layers_27b: int = 0
 
 
 ARCHITECTURES: Dict[str, Architecture] = {  # transformers model_type -> how llama.cpp has it
@@ -57,8 +62,9 @@ ARCHITECTURES: Dict[str, Architecture] = {  # transformers model_type -> how lla
     "qwen2": Architecture("qwen2"),
     "qwen3": Architecture("qwen3"),
     "gemma": Architecture("gemma", norm_plus_one=True),
-    "gemma2": Architecture("gemma2", norm_plus_one=True, softcapping=True, sliding_window=True),
-    "gemma3_text": Architecture("gemma3", norm_plus_one=True, sliding_window=True),
+    "gemma2": Architecture("gemma2", norm_plus_one=True, softcapping=True, sliding_window=True, swa_period=2,
+                           layers_27b=46),
+    "gemma3_text": Architecture("gemma3", norm_plus_one=True, sliding_window=True, swa_period=6, layers_27b=62),
     "exaone": Architecture("exaone"),
 }
 
@@ -220,6 +226,31 @@ def llama3_rope_factors(config: dict) -> Optional[np.ndarray]:
     return np.asarray(factors, dtype=np.float32)
 
 
+def check_assumed_hyperparameters(config: dict, arch: Architecture) -> None:
+    """llama.cpp (and so Ollama) takes some Gemma-2/3 settings from the architecture, not from the file; a model whose
+    config.json says otherwise would load there without a word and compute something else. Real Gemma checkpoints
+    agree with what llama.cpp assumes."""
+    if not arch.swa_period:
+        return
+    heads, layers = config["num_attention_heads"], config["num_hidden_layers"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    assumed = config["hidden_size"] // heads if layers == arch.layers_27b else head_dim
+    scalar = config.get("query_pre_attn_scalar", assumed)
+    if scalar != assumed:
+        what = "head_dim" if layers != arch.layers_27b else "hidden_size/num_attention_heads, at the 27B's layer count"
+        raise ExportError(f"GGUF export: llama.cpp and Ollama scale this {arch.gguf_name} model's attention scores by "
+                          f"1/sqrt({assumed}) ({what}; GGUF has no key for it), but its config.json has "
+                          f"query_pre_attn_scalar {scalar}: the file would give other outputs there. Only a model "
+                          f"whose query_pre_attn_scalar is {assumed} exports faithfully.")
+    period = arch.swa_period
+    assumed_types = ["sliding_attention" if i % period < period - 1 else "full_attention" for i in range(layers)]
+    types = config.get("layer_types") or assumed_types
+    if list(types) != assumed_types:
+        raise ExportError(f"GGUF export: llama.cpp and Ollama make every {period}th layer of a {arch.gguf_name} model "
+                          f"global and the others sliding-window (GGUF has no key for it), but this config.json's "
+                          f"layer_types are {types}: the file would give other outputs there.")
+
+
 def add_hyperparameters(writer, config: dict, arch: Architecture, file_type: int) -> None:
     """llama.cpp's {arch}.* keys from config.json."""
     get = lambda *keys, default=None: next((config[k] for k in keys if config.get(k) is not None), default)  # noqa
@@ -361,6 +392,7 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "q8_0",
         raise ExportError(f"GGUF export: model_type '{model_type}' is not supported here; supported: "
                           f"{', '.join(ARCHITECTURES)} (transformers' model_type names)")
     arch = ARCHITECTURES[model_type]
+    check_assumed_hyperparameters(config, arch)
     qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
     file_type = getattr(gguf.LlamaFileType, "ALL_F32" if quant == "f32" else f"MOSTLY_{quant.upper()}")
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
