@@ -4,11 +4,12 @@ stops the run before anything is loaded, and the Trainer gets exactly the tracke
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,12 +98,125 @@ def test_trainer_gets_the_listed_trackers(tmp_path):
     assert trainer_report_to(load_config(recipe, ["tracking.report_to=tensorboard"])) == ["tensorboard"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="mlflow is installed here")
+def run_sft(recipe: Path, *overrides: str, env: dict | None = None, hide: str | None = None,
+            wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """train/sft.py in a child process; `hide`: a package the child cannot import (as if it were not installed)."""
+    prelude = f"import sys; sys.modules[{hide!r}] = None; " if hide else ""
+    code = (f"{prelude}import runpy, sys; sys.argv = ['train/sft.py', *sys.argv[1:]]; "
+            f"runpy.run_path('train/sft.py', run_name='__main__')")
+    command = [sys.executable, "-c", code, "--config", str(recipe), *overrides]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+
+
 def test_a_tracker_that_is_not_installed_stops_the_run_before_loading_anything(tmp_path):
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir(tmp_path / "llama"))
-    done = subprocess.run([sys.executable, "train/sft.py", "--config", str(recipe), "tracking.report_to=[mlflow]"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done = run_sft(recipe, "tracking.report_to=[mlflow]", hide="mlflow")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "tracking.report_to lists mlflow" in done.stderr and "sft-launcher[mlflow]" in done.stderr
     assert not (tmp_path / "out" / "data_report.json").exists()  # nothing prepared
+
+
+def test_an_mlflow_store_that_cannot_be_opened_stops_the_run_before_loading_anything(tmp_path):
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir(tmp_path / "llama"))
+    (tmp_path / "a-file").write_text("")
+    uri = (tmp_path / "a-file" / "mlruns").as_uri()  # a store under a file: no MLflow version can create it
+    done = run_sft(recipe, "tracking.report_to=[mlflow]", env={"MLFLOW_TRACKING_URI": uri})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"MLflow cannot open the store MLFLOW_TRACKING_URI={uri}" in done.stderr
+    assert not (tmp_path / "out" / "data_report.json").exists()
+
+
+def mlflow_client(out: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+
+
+@pytest.mark.slow
+def test_mlflow_run_holds_the_metrics_jsonl_scalars_and_continues_after_a_preemption(tmp_path, monkeypatch):
+    """One MLflow run across a SIGUSR1 (checkpoint, exit 75) and the resumed run, holding exactly metrics.jsonl's
+    scalars at their steps (the final evaluation included), the recipe, and no secret."""
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir(tmp_path / "llama"), max_steps=40, save_steps=100)
+    out = tmp_path / "out"
+    secrets = {"HF_TOKEN": "hf_" + "q" * 30, "MLFLOW_TRACKING_TOKEN": "mlflow-secret-" + "z" * 20}
+    overrides = ["tracking.report_to=[mlflow]", "data.validation_split=0.2", "train.eval_steps=10"]
+    proc = run_sft(recipe, *overrides, env=secrets, wait=False)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and '"loss"' in metrics.read_text()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, log[-3000:]
+    stopped = max(row["step"] for row in read_metrics(metrics))
+    assert 1 <= stopped < 40
+    run_id = (out / "mlflow_run_id.txt").read_text().strip()
+    done = run_sft(recipe, *overrides, env=secrets)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "mlflow_run_id.txt").read_text().strip() == run_id
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only when asked
+    client = mlflow_client(out)
+    experiment = client.get_experiment_by_name("sft")  # tracking.project
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.run_name == "out"  # one run, named for the folder
+    logged: dict = {}
+    for name in runs[0].data.metrics:
+        for m in client.get_metric_history(run_id, name):
+            logged.setdefault((name, m.step), []).append(m.value)
+    recorded: dict = {}
+    for row in read_metrics(metrics):
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                recorded.setdefault((key, row["step"]), []).append(value)
+    # the same scalars at the same steps, from both processes; besides them only the stopped process's end-of-training
+    # summary, which metrics.jsonl drops when the run resumes (MLflow keeps what was logged)
+    summary = {(key, stopped) for key in ("train_runtime", "train_samples_per_second", "train_steps_per_second",
+                                          "total_flos", "train_loss")}
+    assert logged.keys() - recorded.keys() == summary and recorded.keys() <= logged.keys()
+    logged[("epoch", stopped)].remove(recorded[("epoch", stopped)][0])  # the summary's own epoch
+    for key, values in recorded.items():
+        assert sorted(logged[key]) == pytest.approx(sorted(values), rel=1e-6), key
+    assert [step for name, step in sorted(logged) if name == "loss"] == list(range(1, 41))  # none lost or repeated
+    assert ("eval_loss", 40) in logged
+    artifacts = Path(client.download_artifacts(run_id, "run_config.yaml", str(tmp_path / "artifacts")))
+    assert artifacts.read_text() == (out / "run_config.yaml").read_text()
+    for f in (out / "mlruns").rglob("*"):
+        if f.is_file():
+            assert not any(v.encode() in f.read_bytes() for v in secrets.values()), f
+
+
+def test_evaluation_report_goes_to_the_training_runs_mlflow_run(tmp_path, monkeypatch):
+    """`launch eval`'s metrics and report join the MLflow run training recorded in output_dir; without one, a run
+    `<name>-eval` of its own. MLflow is set up from the recipe alone (no MLflow variables in the environment)."""
+    import mlflow
+
+    from train.tracking import MLFLOW_RUN_FILE, log_eval_to_mlflow, start_mlflow_run
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_NAME", "MLFLOW_RUN_ID",
+                 "MLFLOW_ALLOW_FILE_STORE"):
+        monkeypatch.setenv(name, "")  # restored after the test, whatever the code under test sets
+        monkeypatch.delenv(name)
+    recipe = write_tiny_recipe(tmp_path, tmp_path)
+    cfg = load_config(recipe, ["tracking.report_to=[mlflow]", "tracking.project=evals"])
+    report = "# Evaluation\n\n| metric | base | fine-tuned |\n| --- | --- | --- |\n| rouge1_f1 | 0.1 | 0.6 |\n"
+    results = {"base": {"rouge1_f1": 0.1, "eval_loss": 1.13}, "fine-tuned": {"rouge1_f1": 0.6, "eval_loss": 0.27}}
+    assert log_eval_to_mlflow(load_config(recipe), results, report) is None  # not listed: nothing logged
+
+    alone = log_eval_to_mlflow(cfg, results, report)  # no training run recorded yet
+    training = start_mlflow_run(cfg, resuming=False)
+    mlflow.end_run()
+    assert (tmp_path / "out" / MLFLOW_RUN_FILE).read_text() == training != alone
+    assert log_eval_to_mlflow(cfg, results, report) == training
+
+    client = mlflow_client(tmp_path / "out")
+    assert client.get_run(alone).info.run_name == "out-eval"
+    run = client.get_run(training)
+    assert run.info.experiment_id == client.get_experiment_by_name("evals").experiment_id
+    assert run.data.metrics == {"eval_report/base/rouge1_f1": 0.1, "eval_report/base/eval_loss": 1.13,
+                                "eval_report/fine-tuned/rouge1_f1": 0.6, "eval_report/fine-tuned/eval_loss": 0.27}
+    text = Path(client.download_artifacts(training, "eval_report.md", str(tmp_path / "artifacts"))).read_text()
+    assert text == report

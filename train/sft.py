@@ -94,7 +94,7 @@ def train_sft(cfg, command=None, callbacks=()):
     problem = check_available(cfg.model.attn_implementation, torch.cuda.is_available())
     if problem:  # before any data is prepared or weight loaded
         raise ConfigError(problem)
-    check_trackers(cfg)  # a tracker in tracking.report_to whose package is missing
+    check_trackers(cfg, is_main)  # a tracker in tracking.report_to whose package is missing, an MLflow store
     if cfg.save.push_to_hub and is_main:  # a push that could not happen fails now, not after hours of training
         from train.export.hub import hub_token
 
@@ -123,7 +123,7 @@ def train_sft(cfg, command=None, callbacks=()):
     # 3. Model: full weights, or LoRA adapters on a 16/32-bit or 4-bit base (train/methods.py). The TrainingArguments
     #    come first: under ZeRO-3 they switch on zero.Init, so each rank loads only its shard instead of the whole
     #    model, and they pin each rank to its own GPU, where a 4-bit model is loaded.
-    setup_tracking(cfg, is_main)
+    setup_tracking(cfg, is_main, resuming=resume_from is not None)
     args_tr = training_arguments(cfg)
     model = load_model(cfg, tokenizer)
     trainable, total = count_parameters(model)

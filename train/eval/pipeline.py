@@ -19,7 +19,7 @@ from train.config import Config, ConfigError
 from train.eval import generate as gen
 from train.eval import report as rep
 from train.eval import scores as ev
-from train.tracking import log_eval_to_tensorboard
+from train.tracking import log_eval_to_mlflow, log_eval_to_tensorboard
 
 
 @dataclass
@@ -127,6 +127,7 @@ def evaluate(cfg: Config, tokenizer, changes: Dict, options: EvalOptions) -> Dic
     paths = rep.write_eval_report(Path(cfg.output_dir) / "eval", results, predictions, meta)
     wandb_dir = rep.log_to_wandb(cfg, results, predictions, paths, meta)
     tensorboard = log_eval_to_tensorboard(cfg, results, paths["md"].read_text(encoding="utf-8"))
+    mlflow_run = log_eval_to_mlflow(cfg, results, paths["md"].read_text(encoding="utf-8"))
     print()
     print(rep.comparison_table(results))
     for warning in warnings:
@@ -136,6 +137,8 @@ def evaluate(cfg: Config, tokenizer, changes: Dict, options: EvalOptions) -> Dic
         print(f"W&B ({cfg.tracking.wandb_mode}): {wandb_dir}")
     if tensorboard:
         print(f"TensorBoard: {tensorboard}")
+    if mlflow_run:
+        print(f"MLflow: run {mlflow_run} in {os.environ['MLFLOW_TRACKING_URI']}")
     return paths
 
 
