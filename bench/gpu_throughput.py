@@ -50,11 +50,10 @@ from bench import common as tt  # noqa: E402
 from bench.common import machine, trl_available  # noqa: E402
 from bench.corpus import write_corpus  # noqa: E402
 from train.methods import METHODS, NAMES  # noqa: E402
+from train.plan.planner import GPUS, gpu_key  # noqa: E402
 from train.paths import MODELS_DIR, REPO  # noqa: E402
 
 MODELS = {"llama3-8b": "llama3_tokenizer", "qwen3-8b": "qwen3_tokenizer", "tiny": None}
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
-                    "L40S": 362.0, "A10G": 125.0}  # dense bf16 tensor-core peaks (vendor data sheets), by name part
 
 
 def model_config(name: str):
@@ -248,10 +247,10 @@ def peak_flops() -> tuple:
 
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        for part, tflops in PEAK_BF16_TFLOPS.items():
-            if part in name:
-                return tflops * 1e12, f"{name}: {tflops:.0f} TFLOP/s dense bf16"
-        return None, f"{name}: peak unknown (add it to PEAK_BF16_TFLOPS)"
+        key = gpu_key(name)  # the planner's table of cards: one peak per card for the plan and the measurement
+        if key:
+            return GPUS[key].bf16_tflops * 1e12, f"{name}: {GPUS[key].bf16_tflops:.0f} TFLOP/s dense bf16"
+        return None, f"{name}: peak unknown (add the card to GPUS in train/plan/planner.py)"
     a = torch.randn(2048, 2048)
     best = min(_timed(lambda: a @ a) for _ in range(3))
     return 2 * 2048 ** 3 / best, f"CPU: measured fp32 matmul {2 * 2048 ** 3 / best / 1e9:.0f} GFLOP/s"

@@ -20,6 +20,7 @@ import json
 import sys
 
 from train.methods import NAMES as METHOD_NAMES
+from train.plan.planner import GPUS
 
 
 def add_parser(sub) -> None:
@@ -30,8 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--method", choices=METHOD_NAMES)
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=1)
-    p.add_argument("--gpu", help="GPU type for memory and peak TFLOP/s: a100, a100-40gb, h100, h100-pcie, h200, l40s, "
-                                 "a6000, rtx4090 (default h100)")
+    p.add_argument("--gpu", help=f"GPU type for memory and peak TFLOP/s: {', '.join(GPUS)} (default h100)")
     p.add_argument("--gpu-mem", type=float, help="GiB per GPU (overrides --gpu; alone it names no card, so no speed "
                                                  "is estimated unless --gpu-tflops is given too)")
     p.add_argument("--gpu-tflops", type=float, help="dense bf16 peak TFLOP/s per GPU (overrides --gpu)")

@@ -368,6 +368,18 @@ def test_predicted_peak_memory_is_within_20_percent_of_a_real_run(measured, name
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def test_cuda_device_names_map_to_their_card():
+    """torch.cuda.get_device_name() as the cards report it -> the GPUS entry whose peak the plan and the throughput
+    benchmark use (one table for both), the most specific variant first; "" for a card the table does not know."""
+    names = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H100 PCIe": "h100-pcie", "NVIDIA H100 NVL": "h100-nvl",
+             "NVIDIA H200": "h200", "NVIDIA A100-SXM4-80GB": "a100", "NVIDIA A100-SXM4-40GB": "a100-40gb",
+             "NVIDIA A100 80GB PCIe": "a100", "NVIDIA L40S": "l40s", "NVIDIA RTX A6000": "a6000",
+             "NVIDIA GeForce RTX 4090": "rtx4090", "NVIDIA A10G": "a10g", "Tesla V100-SXM2-32GB": "",
+             "NVIDIA GeForce GTX 1080": ""}
+    assert {name: P.gpu_key(name) for name in names} == names
+    assert P.GPUS["h100-nvl"].bf16_tflops == 835.0 and P.GPUS["h100"].bf16_tflops == 989.0
+
+
 def test_qlora_paper_65b_fits_one_48gb_gpu():
     """QLoRA paper (arXiv 2305.14314): LLaMA-65B fine-tunes on one 48 GB GPU; its memory breakdown comes to about
     41 GB (4-bit NF4 base with double quantisation, LoRA r=64 on every linear layer, batch 1 x 512 tokens with

@@ -66,11 +66,13 @@ GPUS = {
     "a100-40gb": Gpu("A100 40GB", 40.0, 312.0),
     "h100": Gpu("H100 SXM 80GB", 79.6, 989.0),
     "h100-pcie": Gpu("H100 PCIe 80GB", 79.6, 756.0),
+    "h100-nvl": Gpu("H100 NVL 94GB", 93.6, 835.0),
     "h200": Gpu("H200 141GB", 140.4, 989.0),
     "l40s": Gpu("L40S 48GB", 45.0, 362.0),
     "a6000": Gpu("RTX A6000 48GB", 48.0, 154.8),
     "rtx4090": Gpu("RTX 4090 24GB", 24.0, 165.2),
-}
+    "a10g": Gpu("A10G 24GB", 22.5, 125.0),
+}  # memory as CUDA reports it; dense bf16 tensor-core peaks from the vendors' data sheets
 
 
 @dataclass(frozen=True)
