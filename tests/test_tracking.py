@@ -220,3 +220,7 @@ def test_evaluation_report_goes_to_the_training_runs_mlflow_run(tmp_path, monkey
                                 "eval_report/fine-tuned/rouge1_f1": 0.6, "eval_report/fine-tuned/eval_loss": 0.27}
     text = Path(client.download_artifacts(training, "eval_report.md", str(tmp_path / "artifacts"))).read_text()
     assert text == report
+
+    (tmp_path / "out" / MLFLOW_RUN_FILE).write_text("0" * 32)  # a run this store does not hold: a new one, no error
+    other = log_eval_to_mlflow(cfg, results, report)
+    assert other not in (training, alone) and client.get_run(other).info.run_name == "out-eval"

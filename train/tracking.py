@@ -112,14 +112,27 @@ def start_mlflow_run(cfg, resuming: bool) -> str:
     mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
     run_file = Path(cfg.output_dir) / MLFLOW_RUN_FILE
     run_id = run_file.read_text().strip() if resuming and run_file.exists() else None
-    name = os.environ.get("MLFLOW_RUN_NAME") or Path(cfg.output_dir).name
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name)
+    run = _start_run(run_id, os.environ.get("MLFLOW_RUN_NAME") or Path(cfg.output_dir).name)
     run_file.parent.mkdir(parents=True, exist_ok=True)
     run_file.write_text(run.info.run_id)
     recipe = run_file.parent / "run_config.yaml"  # the recipe as run, secrets redacted (train/config.py save_config)
     if recipe.exists():
         mlflow.log_artifact(str(recipe))
     return run.info.run_id
+
+
+def _start_run(run_id: str | None, name: str):
+    """The recorded run when this store has it, else a new run `name` (the store changed since, or it was deleted)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if run_id:
+        try:
+            return mlflow.start_run(run_id=run_id)
+        except MlflowException as e:
+            print(f"MLflow: the recorded run {run_id} is not in {mlflow.get_tracking_uri()} ({str(e)[:200]}); "
+                  f"logging to a new run {name}", flush=True)
+    return mlflow.start_run(run_name=name)
 
 
 def log_eval_to_mlflow(cfg, results: dict, report_markdown: str) -> str | None:
@@ -134,8 +147,7 @@ def log_eval_to_mlflow(cfg, results: dict, report_markdown: str) -> str | None:
     mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
     run_file = Path(cfg.output_dir) / MLFLOW_RUN_FILE
     run_id = run_file.read_text().strip() if run_file.exists() else None
-    name = None if run_id else f"{cfg.tracking.run_name or Path(cfg.output_dir).name}-eval"
-    with mlflow.start_run(run_id=run_id, run_name=name) as run:
+    with _start_run(run_id, f"{cfg.tracking.run_name or Path(cfg.output_dir).name}-eval") as run:
         mlflow.log_metrics({f"eval_report/{model}/{metric}": float(value) for model, metrics in results.items()
                             for metric, value in metrics.items() if isinstance(value, (int, float))})
         mlflow.log_text(report_markdown, "eval_report.md")
