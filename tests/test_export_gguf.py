@@ -368,7 +368,60 @@ def test_export_command_writes_gguf_and_modelfile_for_a_trained_run(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "launch", "export", "--config", str(recipe), "--gguf", "--quant",
                               "q4_k_m"], cwd=REPO, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True,
                              text=True, timeout=600)
-    assert refused.returncode == 2 and "llama-quantize" in refused.stderr and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    # the f16 file the message names is the one `--quant f16` writes
+    f16 = out / "gguf" / "out-f16.gguf"
+    assert f"--quant f16 writes {f16}), then run `llama-quantize {f16} {out / 'gguf' / 'out-q4_k_m.gguf'} Q4_K_M`" \
+        in " ".join(refused.stderr.split()), refused.stderr
+    assert "ollama create --quantize q4_K_M" in refused.stderr
+
+
+LLAMA_QUANTIZE_STANDIN = """#!{python}
+# llama.cpp's llama-quantize as the exporter calls it: <f16 input> <output> <TYPE>; checks its input is an f16 GGUF,
+# records its arguments, then copies (or fails, with STANDIN_FAIL set) and prints the note on fallback types.
+import json, os, shutil, sys
+import gguf
+source, target, kind = sys.argv[1:]
+assert int(gguf.GGUFReader(source).fields["general.file_type"].contents()) == 1  # MOSTLY_F16
+with open({log!r}, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + chr(10))
+if os.environ.get("STANDIN_FAIL"):
+    sys.exit("llama_model_quantize: failed to quantize: stand-in failure")
+shutil.copy(source, target)
+print("llama_model_quantize_impl: WARNING: 3 of 9 tensor(s) required fallback quantization")
+"""
+
+
+def test_k_quants_go_through_llama_quantize_without_touching_the_users_files(tmp_path, monkeypatch, capsys):
+    """With llama-quantize on PATH (a stand-in here: the real tool is C++), q4_k_m is an f16 file of its own name,
+    quantised, then removed; a file named like the f16 export beside the output is not touched; llama-quantize's note on
+    fallback types is passed on; a failure keeps the f16 file and names the command to retry."""
+    from train.export.gguf import ExportError, write_gguf
+
+    tiny_model(tmp_path / "src", "llama", tiny_tokenizer_dir(tmp_path / "tok"))
+    tools, log = tmp_path / "bin", tmp_path / "calls.jsonl"
+    tools.mkdir()
+    (tools / "llama-quantize").write_text(LLAMA_QUANTIZE_STANDIN.format(python=sys.executable, log=str(log)))
+    (tools / "llama-quantize").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "gguf"
+    out.mkdir()
+    (out / "model-f16.gguf").write_bytes(b"the user's own f16 export")
+    path = write_gguf(tmp_path / "src", out / "model-q4_k_m.gguf", "q4_k_m")
+    assert path == out / "model-q4_k_m.gguf" and path.is_file()
+    source, target, kind = json.loads(log.read_text())
+    assert Path(target) == path and kind == "Q4_K_M" and Path(source).parent == out
+    assert (out / "model-f16.gguf").read_bytes() == b"the user's own f16 export"
+    assert sorted(p.name for p in out.iterdir()) == ["model-f16.gguf", "model-q4_k_m.gguf"]  # the f16 is gone
+    assert "llama-quantize: llama_model_quantize_impl: WARNING: 3 of 9 tensor(s) required fallback" in \
+        capsys.readouterr().out
+
+    monkeypatch.setenv("STANDIN_FAIL", "1")
+    with pytest.raises(ExportError, match="stand-in failure. The f16 file is kept: retry with") as failed:
+        write_gguf(tmp_path / "src", out / "model-q6_k.gguf", "q6_k")
+    retry = str(failed.value).split("retry with `")[1].rstrip("`").split()
+    assert retry[0] == str(tools / "llama-quantize") and Path(retry[1]).is_file() and retry[2:] == [
+        str(out / "model-q6_k.gguf"), "Q6_K"]
 
 
 def test_exaone_gguf_is_the_llama_layout_under_llama_cpp_exaone_names(tmp_path):

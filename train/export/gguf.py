@@ -428,20 +428,31 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "q8_0",
 
 
 def _llama_quantize(model_dir: Path, out_path: Path, quant: str, tokenizer, end_of_turn, name) -> Path:
-    """k-quants: an f16 GGUF first, then llama.cpp's llama-quantize (when installed) writes the requested type."""
+    """k-quants: an f16 GGUF first (a name of its own beside the output, removed afterwards), then llama.cpp's
+    llama-quantize (when installed) writes the requested type. Its note on tensors that needed another type (rows not a
+    multiple of 256 values) is passed on."""
     tool = shutil.which("llama-quantize")
-    f16 = out_path.with_name(out_path.stem + "-f16.gguf") if out_path.name.endswith(".gguf") else \
-        out_path.with_suffix(".f16.gguf")
+    tool_quant = quant.upper()
     if tool is None:
+        suffix = f"-{quant}.gguf"  # launch export names files <run>-<quant>.gguf: --quant f16 writes <run>-f16.gguf
+        f16 = out_path.with_name(out_path.name[:-len(suffix)] + "-f16.gguf") if out_path.name.endswith(suffix) else \
+            out_path.with_name(out_path.stem + "-f16.gguf")
+        head, _, rest = quant.partition("_")
         raise ExportError(f"--quant {quant} is a k-quant, made by llama.cpp's `llama-quantize`, which is not installed "
-                          f"here. Export f16 (--quant f16) and run `llama-quantize {f16} {out_path} "
-                          f"{quant.upper()}`, or let Ollama quantise: `ollama create --quantize {quant.replace('_k', '_K').replace('_m', '_M').replace('_s', '_S')} "
+                          f"here. Export f16 (--quant f16 writes {f16}), then run `llama-quantize {f16} {out_path} "
+                          f"{tool_quant}`; or let Ollama quantise: `ollama create --quantize {head}_{rest.upper()} "
                           f"<name> -f Modelfile` with the f16 file in FROM; --quant q8_0 needs no tool")
+    f16 = out_path.with_name(out_path.name + ".f16-for-llama-quantize")
     write_gguf(model_dir, f16, "f16", tokenizer, end_of_turn, name)
-    done = subprocess.run([tool, str(f16), str(out_path), quant.upper()], capture_output=True, text=True)
+    done = subprocess.run([tool, str(f16), str(out_path), tool_quant], capture_output=True, text=True)
     if done.returncode != 0:
-        raise ExportError(f"llama-quantize failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+        raise ExportError(f"llama-quantize failed (exit {done.returncode}): {done.stderr.strip()[-500:]}. The f16 file "
+                          f"is kept: retry with `{tool} {f16} {out_path} {tool_quant}`")
     f16.unlink()
+    for line in (done.stdout + done.stderr).splitlines():
+        if "fallback" in line:  # e.g. "180 of 272 tensor(s) required fallback quantization"
+            print(f"llama-quantize: {line.strip()} (a tensor whose rows are not a multiple of 256 values gets "
+                  f"another type, such as q5_0 or q8_0)", flush=True)
     return out_path
 
 
