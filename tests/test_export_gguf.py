@@ -213,6 +213,10 @@ def test_gemma_settings_llama_cpp_assumes_must_be_the_models(tmp_path):
     config["layer_types"][2] = "full_attention"
     with pytest.raises(ExportError, match="every 6th layer"):
         check_assumed_hyperparameters(config, ARCHITECTURES["gemma3_text"])
+    del config["layer_types"]  # an older config.json: the pattern instead of the list
+    check_assumed_hyperparameters({**config, "sliding_window_pattern": 6}, ARCHITECTURES["gemma3_text"])
+    with pytest.raises(ExportError, match="every 6th layer"):
+        check_assumed_hyperparameters({**config, "sliding_window_pattern": 4}, ARCHITECTURES["gemma3_text"])
 
     from transformers import AutoModelForCausalLM, Gemma3TextConfig
 

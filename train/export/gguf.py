@@ -244,7 +244,9 @@ def check_assumed_hyperparameters(config: dict, arch: Architecture) -> None:
                           f"whose query_pre_attn_scalar is {assumed} exports faithfully.")
     period = arch.swa_period
     assumed_types = ["sliding_attention" if i % period < period - 1 else "full_attention" for i in range(layers)]
-    types = config.get("layer_types") or assumed_types
+    pattern = config.get("sliding_window_pattern")  # older Gemma-3 config.json files say it this way
+    types = config.get("layer_types") or (["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                           for i in range(layers)] if pattern else assumed_types)
     if list(types) != assumed_types:
         raise ExportError(f"GGUF export: llama.cpp and Ollama make every {period}th layer of a {arch.gguf_name} model "
                           f"global and the others sliding-window (GGUF has no key for it), but this config.json's "
