@@ -99,15 +99,17 @@ def test_trainer_gets_the_listed_trackers(tmp_path):
 
 
 def run_sft(recipe: Path, *overrides: str, env: dict | None = None, hide: str | None = None,
-            wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
-    """train/sft.py in a child process; `hide`: a package the child cannot import (as if it were not installed)."""
+            log: Path | None = None) -> subprocess.CompletedProcess | subprocess.Popen:
+    """train/sft.py in a child process; `hide`: a package the child cannot import (as if it were not installed);
+    with `log`, started in the background with its output going to that file."""
     prelude = f"import sys; sys.modules[{hide!r}] = None; " if hide else ""
     code = (f"{prelude}import runpy, sys; sys.argv = ['train/sft.py', *sys.argv[1:]]; "
             f"runpy.run_path('train/sft.py', run_name='__main__')")
     command = [sys.executable, "-c", code, "--config", str(recipe), *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    if not wait:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if log:  # a file, not a pipe: nobody reads the output while the run goes on
+        with open(log, "w") as f:
+            return subprocess.Popen(command, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -143,14 +145,13 @@ def test_mlflow_run_holds_the_metrics_jsonl_scalars_and_continues_after_a_preemp
     out = tmp_path / "out"
     secrets = {"HF_TOKEN": "hf_" + "q" * 30, "MLFLOW_TRACKING_TOKEN": "mlflow-secret-" + "z" * 20}
     overrides = ["tracking.report_to=[mlflow]", "data.validation_split=0.2", "train.eval_steps=10"]
-    proc = run_sft(recipe, *overrides, env=secrets, wait=False)
+    proc = run_sft(recipe, *overrides, env=secrets, log=tmp_path / "first.log")
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 300
     while not (metrics.exists() and '"loss"' in metrics.read_text()) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGUSR1)
-    log = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 75, log[-3000:]
+    assert proc.wait(timeout=300) == 75, (tmp_path / "first.log").read_text()[-3000:]
     stopped = max(row["step"] for row in read_metrics(metrics))
     assert 1 <= stopped < 40
     run_id = (out / "mlflow_run_id.txt").read_text().strip()
