@@ -228,6 +228,16 @@ def test_gemma_settings_llama_cpp_assumes_must_be_the_models(tmp_path):
         write_gguf(tmp_path / "src", tmp_path / "out" / "m.gguf", "f16")
     assert not (tmp_path / "out").exists()
 
+    from tests.tiny_model import write_tiny_recipe
+    from train.config import load_config
+    from train.export.gguf import export_run
+
+    (tmp_path / "run").mkdir()
+    cfg = load_config(write_tiny_recipe(tmp_path / "run", tmp_path / "src"))  # a LoRA run on that base
+    with pytest.raises(ExportError, match="query_pre_attn_scalar 256"):
+        export_run(cfg)  # before merging (which would first need the run's adapter)
+    assert not (tmp_path / "run" / "out" / "merged").exists()
+
 
 def test_gemma_1_gguf_holds_llama_cpp_names_and_values(tmp_path):
     """Gemma (1) has no GGUF loader in transformers: the file is read back with gguf's reader instead; every tensor

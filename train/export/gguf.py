@@ -226,6 +226,18 @@ def llama3_rope_factors(config: dict) -> Optional[np.ndarray]:
     return np.asarray(factors, dtype=np.float32)
 
 
+def exportable_architecture(config: dict) -> Architecture:
+    """How llama.cpp has the model of this config.json; an architecture it does not have here, or would compute
+    differently, is an ExportError."""
+    model_type = config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ExportError(f"GGUF export: model_type '{model_type}' is not supported here; supported: "
+                          f"{', '.join(ARCHITECTURES)} (transformers' model_type names)")
+    arch = ARCHITECTURES[model_type]
+    check_assumed_hyperparameters(config, arch)
+    return arch
+
+
 def check_assumed_hyperparameters(config: dict, arch: Architecture) -> None:
     """llama.cpp (and so Ollama) takes some Gemma-2/3 settings from the architecture, not from the file; a model whose
     config.json says otherwise would load there without a word and compute something else. Real Gemma checkpoints
@@ -389,12 +401,7 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "q8_0",
     if quant not in PYTHON_QUANTS:
         raise ExportError(f"--quant {quant}: choose one of {', '.join(PYTHON_QUANTS + LLAMA_QUANTIZE)}")
     config = json.loads((model_dir / "config.json").read_text())
-    model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES:
-        raise ExportError(f"GGUF export: model_type '{model_type}' is not supported here; supported: "
-                          f"{', '.join(ARCHITECTURES)} (transformers' model_type names)")
-    arch = ARCHITECTURES[model_type]
-    check_assumed_hyperparameters(config, arch)
+    arch = exportable_architecture(config)
     qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
     file_type = getattr(gguf.LlamaFileType, "ALL_F32" if quant == "f32" else f"MOSTLY_{quant.upper()}")
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
@@ -463,6 +470,21 @@ def _llama_quantize(model_dir: Path, out_path: Path, quant: str, tokenizer, end_
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def _base_config(cfg) -> Optional[dict]:
+    """The recipe's base config.json (a local folder's, or the hub's: one small file), or None where it cannot be read
+    now (the merge then says why)."""
+    folder = Path(cfg.model.name_or_path)
+    try:
+        if folder.is_dir():
+            return json.loads((folder / "config.json").read_text())
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(cfg.model.name_or_path, "config.json",
+                                               revision=cfg.model.revision)).read_text())
+    except Exception:  # noqa: BLE001 - unreadable or unreachable: merge_run reports it with the fix
+        return None
+
+
 def export_run(cfg, model_dir: Optional[str | Path] = None, quant: str = "q8_0",
                out_dir: Optional[str | Path] = None) -> Tuple[Path, Path]:
     """GGUF + Ollama Modelfile of a run into out_dir (default output_dir/gguf). The model: model_dir, else the merged
@@ -480,6 +502,9 @@ def export_run(cfg, model_dir: Optional[str | Path] = None, quant: str = "q8_0",
             if not (model_dir / "config.json").is_file():
                 from train.export.merge import merge_run
 
+                base_config = _base_config(cfg)
+                if base_config:  # a model llama.cpp would not read the same way is refused before a long merge
+                    exportable_architecture(base_config)
                 print(f"no merged model in {model_dir} yet: merging the adapter of {run_dir} first", flush=True)
                 merge_run(cfg)
         else:
