@@ -28,7 +28,7 @@ demo: assets
 
 test: assets
 	mkdir -p .cache/tmp
-	HF_HUB_OFFLINE=1 TMPDIR=$(CURDIR)/.cache/tmp $(PY) -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TMPDIR=$(CURDIR)/.cache/tmp $(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 # On a CUDA machine: the GPU acceptance kit (scripts/gpu_check.sh; about 8 minutes on one H100), results in gpu_check/.
 gpu-check: install
