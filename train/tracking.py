@@ -108,9 +108,7 @@ def start_mlflow_run(cfg, resuming: bool) -> str:
     when the process exits. Returns the run's id."""
     import mlflow
 
-    mlflow.set_tracking_uri(mlflow_environment(cfg))
-    mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
-    run_file = Path(cfg.output_dir) / MLFLOW_RUN_FILE
+    run_file = _use_store(cfg)
     run_id = run_file.read_text().strip() if resuming and run_file.exists() else None
     run = _start_run(run_id, os.environ.get("MLFLOW_RUN_NAME") or Path(cfg.output_dir).name)
     run_file.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +117,15 @@ def start_mlflow_run(cfg, resuming: bool) -> str:
     if recipe.exists():
         mlflow.log_artifact(str(recipe))
     return run.info.run_id
+
+
+def _use_store(cfg) -> Path:
+    """Points MLflow at this run's store and experiment; returns the file that records the run's id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_environment(cfg))
+    mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    return Path(cfg.output_dir) / MLFLOW_RUN_FILE
 
 
 def _start_run(run_id: str | None, name: str):
@@ -143,9 +150,7 @@ def log_eval_to_mlflow(cfg, results: dict, report_markdown: str) -> str | None:
         return None
     import mlflow
 
-    mlflow.set_tracking_uri(mlflow_environment(cfg))
-    mlflow.set_experiment(os.environ["MLFLOW_EXPERIMENT_NAME"])
-    run_file = Path(cfg.output_dir) / MLFLOW_RUN_FILE
+    run_file = _use_store(cfg)
     run_id = run_file.read_text().strip() if run_file.exists() else None
     with _start_run(run_id, f"{cfg.tracking.run_name or Path(cfg.output_dir).name}-eval") as run:
         mlflow.log_metrics({f"eval_report/{model}/{metric}": float(value) for model, metrics in results.items()

@@ -126,8 +126,9 @@ def evaluate(cfg: Config, tokenizer, changes: Dict, options: EvalOptions) -> Dic
             "tasks": dict(Counter(tasks)), "embedding_model": cfg.eval.embedding_model, "warnings": warnings}
     paths = rep.write_eval_report(Path(cfg.output_dir) / "eval", results, predictions, meta)
     wandb_dir = rep.log_to_wandb(cfg, results, predictions, paths, meta)
-    tensorboard = log_eval_to_tensorboard(cfg, results, paths["md"].read_text(encoding="utf-8"))
-    mlflow_run = log_eval_to_mlflow(cfg, results, paths["md"].read_text(encoding="utf-8"))
+    report_markdown = paths["md"].read_text(encoding="utf-8")
+    tensorboard = log_eval_to_tensorboard(cfg, results, report_markdown)
+    mlflow_run = log_eval_to_mlflow(cfg, results, report_markdown)
     print()
     print(rep.comparison_table(results))
     for warning in warnings:

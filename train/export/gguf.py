@@ -436,6 +436,11 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "q8_0",
     return out_path
 
 
+def gguf_file_name(name: str, quant: str) -> str:
+    """The file `launch export` writes for a model `name` at `quant`."""
+    return f"{name}-{quant.lower()}.gguf"
+
+
 def _llama_quantize(model_dir: Path, out_path: Path, quant: str, tokenizer, end_of_turn, name) -> Path:
     """k-quants: an f16 GGUF first (a name of its own beside the output, removed afterwards), then llama.cpp's
     llama-quantize (when installed) writes the requested type. Its note on tensors that needed another type (rows not a
@@ -443,9 +448,9 @@ def _llama_quantize(model_dir: Path, out_path: Path, quant: str, tokenizer, end_
     tool = shutil.which("llama-quantize")
     tool_quant = quant.upper()
     if tool is None:
-        suffix = f"-{quant}.gguf"  # launch export names files <run>-<quant>.gguf: --quant f16 writes <run>-f16.gguf
-        f16 = out_path.with_name(out_path.name[:-len(suffix)] + "-f16.gguf") if out_path.name.endswith(suffix) else \
-            out_path.with_name(out_path.stem + "-f16.gguf")
+        suffix = gguf_file_name("", quant)  # a file launch export names: --quant f16 writes its f16 sibling
+        name = out_path.name[:-len(suffix)] if out_path.name.endswith(suffix) else out_path.stem
+        f16 = out_path.with_name(gguf_file_name(name, "f16"))
         head, _, rest = quant.partition("_")
         raise ExportError(f"--quant {quant} is a k-quant, made by llama.cpp's `llama-quantize`, which is not installed "
                           f"here. Export f16 (--quant f16 writes {f16}), then run `llama-quantize {f16} {out_path} "
@@ -471,18 +476,13 @@ def _llama_quantize(model_dir: Path, out_path: Path, quant: str, tokenizer, end_
 
 
 def _base_config(cfg) -> Optional[dict]:
-    """The recipe's base config.json (a local folder's, or the hub's: one small file), or None where it cannot be read
-    now (the merge then says why)."""
-    folder = Path(cfg.model.name_or_path)
-    try:
-        if folder.is_dir():
-            return json.loads((folder / "config.json").read_text())
-        from huggingface_hub import hf_hub_download
+    """The recipe's base config.json (a local folder's, or the hub's: train/model_source.py's one-file fetch), or None
+    where it cannot be read now (the merge then says why)."""
+    from train.model_source import hub_config_file
 
-        return json.loads(Path(hf_hub_download(cfg.model.name_or_path, "config.json",
-                                               revision=cfg.model.revision)).read_text())
-    except Exception:  # noqa: BLE001 - unreadable or unreachable: merge_run reports it with the fix
-        return None
+    folder = Path(cfg.model.name_or_path)
+    file = folder / "config.json" if folder.is_dir() else hub_config_file(cfg.model.name_or_path, cfg.model.revision)
+    return json.loads(file.read_text()) if file is not None and file.is_file() else None
 
 
 def export_run(cfg, model_dir: Optional[str | Path] = None, quant: str = "q8_0",
@@ -518,7 +518,7 @@ def export_run(cfg, model_dir: Optional[str | Path] = None, quant: str = "q8_0",
         end_of_turn = template_layout(tokenizer, cfg.data).end_of_turn
     except TemplateError:
         end_of_turn = None
-    path = write_gguf(model_dir, out_dir / f"{run_dir.name}-{quant.lower()}.gguf", quant, tokenizer, end_of_turn,
+    path = write_gguf(model_dir, out_dir / gguf_file_name(run_dir.name, quant), quant, tokenizer, end_of_turn,
                       name=run_dir.name)
     generation_file = model_dir / "generation_config.json"
     generation = json.loads(generation_file.read_text()) if generation_file.is_file() else None
